@@ -1,0 +1,119 @@
+"""Shared test fixtures.
+
+- `shared_data`: the real fixtures in ../shared/data (bags, Menagerie arms), read in place;
+  tests that need them skip with a clear reason when ../shared is absent.
+- `minari_root`: every test gets its own MINARI_DATASETS_PATH so nothing touches ~/.minari.
+- `ros_env`: environment for processes that start rclpy: DDS on loopback only, a distinct
+  ROS_DOMAIN_ID per test, AMENT_PREFIX_PATH pointing at the venv.
+- `run_child`: start a child process with a hard SIGKILL timeout (a hung rclpy process can
+  ignore SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# DDS must stay on loopback for everything started from the test process too.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+os.environ.setdefault("AMENT_PREFIX_PATH", str(Path(sys.prefix)))
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+_domain_ids = itertools.count(int(os.environ.get("OFFRL_TEST_DOMAIN_BASE", "100")) + (os.getpid() % 50) * 2)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real fixtures not found at {SHARED_DATA} (CI lays ../shared beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def minari_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path_factory.mktemp("minari")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
+@pytest.fixture
+def ros_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A per-test ROS 2 environment (distinct domain id, loopback discovery), also applied to os.environ."""
+    domain = str(next(_domain_ids) % 230)
+    monkeypatch.setenv("ROS_DOMAIN_ID", domain)
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ChildProcesses:
+    """Starts children in their own process group and SIGKILLs whatever is left at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(
+        self, args: list[str], env: dict[str, str] | None = None, **kw: object
+    ) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            **kw,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def run(
+        self, args: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run to completion; on timeout SIGKILL the whole group and fail."""
+        proc = self.start(args, env=env)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            out, _ = proc.communicate()
+            pytest.fail(f"{' '.join(args)} did not finish within {timeout} s; output:\n{out}")
+        return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[str]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+@pytest.fixture
+def run_child() -> Iterator[ChildProcesses]:
+    children = ChildProcesses()
+    try:
+        yield children
+    finally:
+        children.close()
+
+
+def offrl_cli() -> list[str]:
+    """argv prefix to run the CLI in a child process with this interpreter."""
+    return [sys.executable, "-m", "offrl_robot.cli"]
