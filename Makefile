@@ -15,7 +15,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint install apt-deps clean
+.PHONY: demo test lint install apt-deps clean bench-deps
 
 $(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt setup.py
 	@$(MAKE) --no-print-directory apt-deps
@@ -47,3 +47,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+
+# Benchmark-only peers (d3rlpy) go into the same venv on demand, never into runtime deps.
+bench-deps: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-bench.txt

@@ -50,6 +50,7 @@ setup(
     extras_require={
         "ros": _requirements("requirements-ros.txt"),
         "dev": _requirements("requirements-dev.txt"),
+        "bench": _requirements("requirements-bench.txt"),
     },
     zip_safe=False,
     maintainer="offrl_robot developers",
