@@ -15,6 +15,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
+def _umask_mode(mode: int = 0o666) -> int:
+    """`mode` as a plain open() would create it: mkstemp makes 0600 files, which a ROS node
+    running as another user could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same directory + fsync + rename."""
     target = Path(path)
@@ -25,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -82,6 +91,7 @@ def atomic_write_group(files: Mapping[str | os.PathLike[str], bytes]) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp, _umask_mode())
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:
