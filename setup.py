@@ -19,7 +19,8 @@ def _requirements(path: str) -> list[str]:
     """Read pinned requirements, skipping comments, so pins live in one place."""
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, path), encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+        lines = (line.split(" #", 1)[0].strip() for line in handle)
+        return [line for line in lines if line and not line.startswith("#")]
 
 
 def _tree(folder: str) -> list[tuple[str, list[str]]]:
@@ -51,6 +52,7 @@ setup(
         "ros": _requirements("requirements-ros.txt"),
         "dev": _requirements("requirements-dev.txt"),
         "bench": _requirements("requirements-bench.txt"),
+        "scale": _requirements("requirements-scale.txt"),
     },
     zip_safe=False,
     maintainer="offrl_robot developers",

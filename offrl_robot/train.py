@@ -1,0 +1,877 @@
+"""Offline training: `Trainer(config).fit()` and the `offrl-robot train` command.
+
+The loop is built for throughput and exact reproducibility:
+
+- The dataset is normalised (observation mean/std, actions scaled to [-1, 1] from the dataset's
+  action_low/high) and moved to the training device ONCE. Each step samples indices [S, B] on
+  the device, gathers the batch, runs `algo.update`, and adds the per-seed metrics to on-device
+  accumulators; the host only reads them back at log intervals. With uniform sampling the loop
+  has no host<->device sync; prioritised replay has exactly one (TD errors read back to update
+  the host-side sum-trees, see `offrl_robot.replay`).
+- S seeds train as one batched program: the algorithm's nets are ensembles over seeds and each
+  seed draws its own indices from its own stream.
+- Checkpoints (atomic, every `checkpoint_every` steps) hold everything needed to continue
+  bit-identically on the same CPU build — nets, optimisers, torch/numpy/python(/CUDA) RNG
+  states, sampler state, step — and everything export needs — config, normaliser, action
+  bounds, dataset sha256 and metadata — so a checkpoint alone is enough to export a model.
+- Evaluation runs outside the timed loop, in `torch.random.fork_rng`, so evaluating (or not)
+  never changes the weights a run ends with.
+
+Run directory layout: `config.yaml`, `checkpoints/step_XXXXXXXX.pt`, `metrics.csv` (one row per
+log interval and seed), `eval.csv`, TensorBoard event files, `summary.json` (written at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import random
+import re
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from offrl_robot import __version__
+from offrl_robot.algos.base import Batch
+from offrl_robot.atomic import atomic_write_bytes, atomic_write_text
+from offrl_robot.data.dataset import Dataset
+from offrl_robot.errors import ConfigError, ModelError
+from offrl_robot.replay import Sampler, make_sampler
+
+CHECKPOINT_FORMAT = "offrl_robot.checkpoint/1"
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
+# Observation std below this is treated as this (constant features would otherwise blow up).
+OBS_STD_FLOOR = 1e-3
+# Config keys that may differ between a run and its resumption: they do not change the weights
+# (except `steps` with prioritised replay: β is annealed over the total, so extending a run
+# changes the importance weights from the resume point on).
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "steps",
+        "eval_every",
+        "eval_episodes",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "progress",
+        "log_dir",
+    }
+)
+
+
+# ---------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """One training run. Loaded from YAML with strict keys (a typo is an error, not a default).
+
+    algo: registry name (`offrl_robot.algos.REGISTRY`); algo_config: that algorithm's
+    hyper-parameters (its `config_class` fields; unknown keys are an error).
+    dataset: local Minari dataset name or path. task: env for evaluation (default: the
+    dataset's `metadata.task`; none -> no evaluation). seeds: trained together as one batched
+    program. prioritized: switch uniform -> prioritised replay (value-based algorithms only).
+    eval_every / checkpoint_every / log_every: in update steps; 0 disables the periodic
+    evaluation / checkpoint (a final evaluation and checkpoint are always made).
+    threads: torch CPU threads for this run (0 = torch's default). On a CPU shared with other
+    jobs, 1 is often several times faster: idle OpenMP workers spin against the other jobs.
+    """
+
+    algo: str = "bc"
+    algo_config: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    task: str | None = None
+    steps: int = 100_000
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 256
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    eval_seed: int = 10_000
+    log_every: int = 1_000
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 3
+    log_dir: str = "runs"
+    device: str = "cpu"
+    prioritized: bool = False
+    per_alpha: float = 0.6
+    per_beta: float = 0.4
+    per_eps: float = 1e-6
+    progress: bool = True
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Type- and range-check every field; raise ConfigError naming the first bad one."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if not self.seeds:
+            raise ConfigError("config field 'seeds' is empty; give at least one seed, e.g. [0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config field 'seeds' repeats a seed: {self.seeds}")
+        for name in ("steps", "batch_size", "eval_episodes", "log_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config field {name!r} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"config field {name!r} must be >= 0 (0 disables it), got {getattr(self, name)}"
+                )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys are {known}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load and check a YAML config; every problem is one ConfigError line naming the file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(
+                f"cannot read train config {path}: {err.strerror or err}; check the path"
+            ) from err
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"train config {path}{where} is not valid YAML; fix its syntax") from err
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"train config {path} must be a YAML mapping of keys, got {type(data).__name__}"
+            )
+        try:
+            return cls.from_dict(data, source=f"train config {path}")
+        except ConfigError as err:
+            message = str(err)
+            raise ConfigError(
+                message if str(path) in message else f"train config {path}: {message}"
+            ) from None
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's type hint; int -> float widening and tuples -> lists only."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, int) and not isinstance(value, bool) and item is int:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field {name!r} must be a mapping, got {value!r}")
+        return _plain(value)  # tuples -> lists: the config is saved as YAML and in checkpoints
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"config field {name!r} must be a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def build_algo_config(algo_cls: type, params: dict[str, Any], batch_size: int) -> Any:
+    """The algorithm's typed config from `algo_config:`; unknown keys name the valid ones."""
+    config_class = algo_cls.config_class
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"algo_config for {algo_cls.name!r} has unknown key(s) {unknown}; valid keys are {sorted(fields)}"
+        )
+    if "batch_size" in params and params["batch_size"] != batch_size:
+        raise ConfigError("set batch_size at the top level of the train config, not under algo_config")
+    values = dict(params)
+    if "batch_size" in fields:
+        values["batch_size"] = batch_size
+    for name, value in values.items():
+        default = fields[name].default
+        if isinstance(default, tuple) and isinstance(value, list):
+            values[name] = tuple(value)  # YAML has no tuples (hidden_sizes etc.)
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"algo_config for {algo_cls.name!r} is invalid: {err}") from err
+
+
+def resolve_algo(name: str) -> type:
+    """Registry lookup with a one-line error listing what exists."""
+    from offrl_robot.algos import REGISTRY
+
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY)) or "none registered"
+        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {known}")
+    return REGISTRY[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"config field 'device' {name!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def load_dataset_by_name(name: str) -> Dataset:
+    """Local Minari dataset by name or path (imported lazily: Minari is slow to import)."""
+    from offrl_robot.data.minari_io import load_dataset
+
+    return load_dataset(name)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first (by step)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (tensors and plain values only: loads with weights_only=True)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ModelError(f"checkpoint {path} does not exist; check the path or the run directory") from err
+    except Exception as err:
+        raise ModelError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not ours"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"checkpoint {path} is not an offrl_robot checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *map(float, np_state[2:])],
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_everything(seed: int) -> None:
+    """Global RNGs used by the algorithms' own noise (exploration noise, CQL random actions...)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------- trainer
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+class Trainer:
+    """Python API of `offrl-robot train`.
+
+    `Trainer(config).fit()` trains and returns the summary dict (also written as summary.json).
+    `dataset=` passes an in-memory Dataset instead of loading `config.dataset`;
+    `run_dir=` overrides `<log_dir>/<algo>_<dataset>`; `resume=True` continues from the latest
+    checkpoint in `run_dir` (which must exist and match this config and dataset).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Dataset | None = None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.config = config.validate()
+        self.algo_cls = resolve_algo(config.algo)
+        if dataset is None:
+            if not config.dataset:
+                raise ConfigError("no dataset: set `dataset:` in the train config or pass --dataset NAME")
+            dataset = load_dataset_by_name(config.dataset)
+        self.dataset_name = config.dataset or "in-memory"
+        self.dataset = dataset.validate(self.dataset_name)
+        self.dataset_sha256 = self.dataset.sha256()
+        self.device = resolve_device(config.device)
+        self.algo_config = build_algo_config(self.algo_cls, config.algo_config, config.batch_size)
+        if config.prioritized and not self.algo_cls.value_based:
+            raise ConfigError(
+                f"prioritized replay needs TD errors but {config.algo!r} has no critic; "
+                "set `prioritized: false` or use a value-based algorithm"
+            )
+        self.task = config.task or self.dataset.metadata.task
+        if self.task:
+            from offrl_robot.evaluation import check_task_dims
+
+            check_task_dims(
+                self.task, self.dataset.observation_dim, self.dataset.action_dim, self.dataset_name
+            )
+        default_dir = Path(config.log_dir) / f"{_slug(config.algo)}_{_slug(self.dataset_name)}"
+        self.run_dir = Path(run_dir) if run_dir is not None else default_dir
+        self.resume = resume
+        self._resume_state: dict[str, Any] | None = None
+        if resume:
+            self._resume_state = self._latest_checkpoint_state()
+        elif list_checkpoints(self.run_dir):
+            raise ConfigError(
+                f"run directory {self.run_dir} already holds checkpoints; pass --resume to continue it "
+                "or --out NEW_DIR for a new run"
+            )
+
+    # ------------------------------------------------------------------ setup
+    def _latest_checkpoint_state(self) -> dict[str, Any]:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            raise ConfigError(
+                f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; start the run without --resume"
+            )
+        state = load_checkpoint(checkpoints[-1])
+        if (state["observation_dim"], state["action_dim"]) != (
+            self.dataset.observation_dim,
+            self.dataset.action_dim,
+        ):
+            raise ConfigError(
+                f"--resume: checkpoint dims (obs {state['observation_dim']}, act {state['action_dim']}) disagree "
+                f"with dataset {self.dataset_name!r} (obs {self.dataset.observation_dim}, act {self.dataset.action_dim})"
+            )
+        if state["dataset"]["sha256"] != self.dataset_sha256:
+            raise ConfigError(
+                f"--resume: checkpoint {checkpoints[-1]} was trained on dataset sha256 "
+                f"{state['dataset']['sha256'][:12]}…, this dataset is {self.dataset_sha256[:12]}…; resume with the same data"
+            )
+        saved = state["config"]
+        mine = self.config.to_dict()
+        changed = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k) != mine[k])
+        if changed:
+            raise ConfigError(
+                f"--resume: config differs from the run's in {changed}; only {sorted(RESUME_MAY_CHANGE)} may change"
+            )
+        if state["step"] > self.config.steps:
+            raise ConfigError(
+                f"--resume: checkpoint is at step {state['step']}, beyond steps={self.config.steps}; raise --steps"
+            )
+        return state
+
+    def _normaliser(self) -> tuple[np.ndarray, np.ndarray]:
+        """Observation mean/std over the dataset (float64 sums, stored float32), std floored."""
+        obs = self.dataset.observations.astype(np.float64)
+        mean = obs.mean(axis=0)
+        std = np.maximum(obs.std(axis=0), OBS_STD_FLOOR)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _device_tensors(self) -> dict[str, torch.Tensor]:
+        """Normalised observations and [-1, 1] actions, on the device, computed there once."""
+        data = self.dataset
+        dev = self.device
+        mean = torch.from_numpy(self.obs_mean).to(dev)
+        std = torch.from_numpy(self.obs_std).to(dev)
+        low = torch.from_numpy(self.action_low).to(dev)
+        high = torch.from_numpy(self.action_high).to(dev)
+
+        def to_dev(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(dev)
+
+        actions = to_dev(data.actions)
+        # Out-of-bounds dataset actions (a real robot may overshoot its nominal limits) are clipped.
+        unit_actions = ((actions - low) / (high - low) * 2.0 - 1.0).clamp_(-1.0, 1.0)
+        return {
+            "observations": (to_dev(data.observations) - mean) / std,
+            "actions": unit_actions,
+            "rewards": to_dev(data.rewards),
+            "next_observations": (to_dev(data.next_observations) - mean) / std,
+            "terminals": to_dev(data.terminals.astype(np.float32)),
+        }
+
+    def _build_algo(self) -> Any:
+        """Construct the algorithm with per-seed init (seed s's members from a generator seeded s)."""
+        algo = self.algo_cls(
+            self.dataset.observation_dim,
+            self.dataset.action_dim,
+            len(self.config.seeds),
+            self.algo_config,
+            seeds=list(self.config.seeds),
+        )
+        return algo.to(self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_state(self, step: int) -> dict[str, Any]:
+        meta = self.dataset.metadata
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "torch_version": str(torch.__version__),
+            "step": step,
+            "algo": self.config.algo,
+            "algo_config": _plain(asdict(self.algo_config)),
+            "seeds": list(self.config.seeds),
+            "num_seeds": len(self.config.seeds),
+            "observation_dim": self.dataset.observation_dim,
+            "action_dim": self.dataset.action_dim,
+            "config": self.config.to_dict(),
+            "task": self.task,
+            "normalizer": {
+                "obs_mean": torch.from_numpy(self.obs_mean.copy()),
+                "obs_std": torch.from_numpy(self.obs_std.copy()),
+                # Observed range: export draws its parity-check observations inside it.
+                "obs_min": torch.from_numpy(self.dataset.observations.min(axis=0)),
+                "obs_max": torch.from_numpy(self.dataset.observations.max(axis=0)),
+            },
+            "action_scale": {
+                "low": torch.from_numpy(self.action_low.copy()),
+                "high": torch.from_numpy(self.action_high.copy()),
+            },
+            "dataset": {
+                "name": self.dataset_name,
+                "sha256": self.dataset_sha256,
+                "num_transitions": len(self.dataset),
+                "metadata": _plain(meta.to_dict()),
+            },
+            "algo_state": {k: v.detach().to("cpu") for k, v in self.algo.state_dict().items()},
+            "optimizer_state": _to_cpu(self.algo.optimizer_state_dict()),
+            "sampler": self.sampler.state_dict(),
+            "rng": _rng_state(self.device),
+        }
+
+    def _save_checkpoint(self, step: int) -> Path:
+        buffer = io.BytesIO()
+        torch.save(self._checkpoint_state(step), buffer)
+        path = checkpoint_dir(self.run_dir) / f"step_{step:08d}.pt"
+        atomic_write_bytes(path, buffer.getvalue())
+        for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> int:
+        self.algo.load_state_dict(state["algo_state"])
+        self.algo.load_optimizer_state_dict(state["optimizer_state"])
+        self.sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"], self.device)
+        return int(state["step"])
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self, start_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False)
+        )
+        for name in ("metrics.csv", "eval.csv"):
+            _truncate_csv_after(self.run_dir / name, start_step)
+        self.tb = SummaryWriter(
+            str(self.run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+        )
+
+    def _write_csv(self, name: str, rows: list[dict[str, Any]]) -> None:
+        path = self.run_dir / name
+        new = not path.exists() or path.stat().st_size == 0
+        with path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def _log_metrics(self, step: int, sums: dict[str, torch.Tensor], count: int, rate: float) -> None:
+        """The periodic host sync: per-seed means of every metric since the last log."""
+        if not sums:
+            return
+        names = sorted(sums)
+        means = (torch.stack([sums[n] for n in names]) / count).to("cpu", torch.float64).numpy()
+        rows = []
+        for col, seed in enumerate(self.config.seeds):
+            row: dict[str, Any] = {"step": step, "seed": seed, "updates_per_s": round(rate, 3)}
+            for i, name in enumerate(names):
+                row[name] = float(means[i, col])
+                self.tb.add_scalar(f"train/{name}/seed_{seed}", means[i, col], step)
+            rows.append(row)
+        self.tb.add_scalar("train/updates_per_s", rate, step)
+        self._write_csv("metrics.csv", rows)
+
+    def _evaluate(self, step: int) -> dict[str, Any] | None:
+        if not self.task:
+            return None
+        # MuJoCo/gymnasium are imported only when there is a task to evaluate on.
+        from offrl_robot.evaluation import aggregate, evaluate
+
+        self.algo.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            results = evaluate(
+                self.algo.act,
+                self.task,
+                list(self.config.seeds),
+                self.config.eval_episodes,
+                self.config.eval_seed,
+                self.obs_mean,
+                self.obs_std,
+                self.action_low,
+                self.action_high,
+                self.device,
+                facts=self.facts,
+            )
+        self.algo.train()
+        rows = []
+        for res in results:
+            rows.append(
+                {
+                    "step": step,
+                    "seed": res.seed,
+                    "mean_return": res.mean_return,
+                    "std_return": res.std_return,
+                    "normalized_score": res.normalized_score,
+                    "success_rate": res.success_rate,
+                    "final_distance": res.final_distance,
+                }
+            )
+            self.tb.add_scalar(f"eval/mean_return/seed_{res.seed}", res.mean_return, step)
+            if res.normalized_score is not None:
+                self.tb.add_scalar(f"eval/normalized_score/seed_{res.seed}", res.normalized_score, step)
+            if res.success_rate is not None:
+                self.tb.add_scalar(f"eval/success_rate/seed_{res.seed}", res.success_rate, step)
+            if res.final_distance is not None:
+                self.tb.add_scalar(f"eval/final_distance/seed_{res.seed}", res.final_distance, step)
+        self._write_csv("eval.csv", rows)
+        return {"step": step, **aggregate(results)}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to `config.steps`, evaluating, logging and checkpointing; return the summary."""
+        previous_threads = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._fit()
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.config
+        wall_start = time.perf_counter()
+        seed_everything(cfg.seeds[0])
+        self.obs_mean, self.obs_std = self._normaliser()
+        self.action_low = np.asarray(self.dataset.metadata.action_low, np.float32)
+        self.action_high = np.asarray(self.dataset.metadata.action_high, np.float32)
+        self.facts = None
+        if self.task:
+            from offrl_robot.sim import task_info
+
+            self.facts = task_info(self.task)
+        self.algo = self._build_algo()
+        self.algo.train()
+        self.sampler: Sampler = make_sampler(
+            len(self.dataset),
+            cfg.batch_size,
+            cfg.seeds,
+            self.device,
+            prioritized=cfg.prioritized,
+            alpha=cfg.per_alpha,
+            beta=cfg.per_beta,
+            eps=cfg.per_eps,
+            total_steps=cfg.steps,
+        )
+        start_step = self._restore(self._resume_state) if self._resume_state is not None else 0
+        data = self._device_tensors()
+        self._open_logs(start_step)
+
+        last_eval: dict[str, Any] | None = None
+        checkpoint_path: Path | None = None
+        train_time = 0.0
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        progress = _progress(cfg.progress, start_step, cfg.steps, self.run_dir.name)
+        prioritized = cfg.prioritized
+        obs, act, rew, nobs, term = (
+            data["observations"],
+            data["actions"],
+            data["rewards"],
+            data["next_observations"],
+            data["terminals"],
+        )
+        try:
+            interval_start = time.perf_counter()
+            interval_steps = 0
+            for step in range(start_step + 1, cfg.steps + 1):
+                indices, weights = self.sampler.sample(step)
+                batch = Batch(obs[indices], act[indices], rew[indices], nobs[indices], term[indices], weights)
+                out = self.algo.update(batch)
+                if prioritized:
+                    self.sampler.update_priorities(indices, out.td_error)
+                for name, value in out.metrics.items():
+                    value = value.detach()
+                    if name in sums:
+                        sums[name] += value
+                    else:
+                        sums[name] = value.clone()
+                count += 1
+                interval_steps += 1
+                progress.update(1)
+                log_now = step % cfg.log_every == 0 or step == cfg.steps
+                eval_now = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+                ckpt_now = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
+                if log_now or eval_now or ckpt_now:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    elapsed = time.perf_counter() - interval_start
+                    train_time += elapsed
+                    if log_now:
+                        self._log_metrics(step, sums, count, interval_steps / max(elapsed, 1e-9))
+                        sums, count = {}, 0
+                    if eval_now:
+                        last_eval = self._evaluate(step)
+                        if last_eval is not None:
+                            progress.set_postfix_str(_eval_postfix(last_eval))
+                    if ckpt_now:
+                        checkpoint_path = self._save_checkpoint(step)
+                    interval_start = time.perf_counter()
+                    interval_steps = 0
+            if checkpoint_path is None:  # resumed at the very end: nothing left to run
+                checkpoint_path = list_checkpoints(self.run_dir)[-1]
+                last_eval = self._evaluate(cfg.steps)
+        finally:
+            progress.close()
+            self.tb.flush()
+            self.tb.close()
+        steps_run = cfg.steps - start_step
+        summary = {
+            "algo": cfg.algo,
+            "dataset": self.dataset_name,
+            "dataset_sha256": self.dataset_sha256,
+            "task": self.task,
+            "seeds": list(cfg.seeds),
+            "steps": cfg.steps,
+            "resumed_from_step": start_step if self.resume else None,
+            "steps_this_run": steps_run,
+            "batch_size": cfg.batch_size,
+            "prioritized": cfg.prioritized,
+            "device": str(self.device),
+            "wall_time_s": round(time.perf_counter() - wall_start, 3),
+            "train_time_s": round(train_time, 3),
+            "updates_per_s": round(steps_run / train_time, 3) if train_time > 0 else None,
+            "seed_updates_per_s": round(steps_run * len(cfg.seeds) / train_time, 3)
+            if train_time > 0
+            else None,
+            "final_eval": last_eval,
+            "checkpoint": str(checkpoint_path),
+            "run_dir": str(self.run_dir),
+        }
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _eval_postfix(result: dict[str, Any]) -> str:
+    parts = [f"return {result['mean_return']['mean']:.1f}"]
+    if "success_rate" in result:
+        parts.append(f"success {result['success_rate']['mean']:.2f}")
+    if "normalized_score" in result:
+        parts.append(f"score {result['normalized_score']['mean']:.1f}")
+    if "final_distance" in result:
+        parts.append(f"dist {result['final_distance']['mean']:.3f}")
+    return " ".join(parts)
+
+
+def _progress(enabled: bool, start: int, total: int, name: str) -> Any:
+    """tqdm bar with updates/s and ETA (tqdm's rate and remaining time), or a no-op."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        unit="upd",
+        desc=name,
+        disable=not enabled,
+        mininterval=1.0,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
+
+
+def _truncate_csv_after(path: Path, step: int) -> None:
+    """On resume drop rows the killed run logged after its last checkpoint (they get redone)."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    kept = [r for r in body if r and r[0].isdigit() and int(r[0]) <= step]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(kept)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like copy (tuples -> lists, numpy scalars -> Python) so checkpoints load weights_only."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu")
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_cpu(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2,3") from err
+    if not seeds:
+        raise ConfigError("--seeds is empty; give e.g. 0,1,2,3")
+    return seeds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="train config YAML (config/train/*.yaml); optional with --resume")
+    parser.add_argument("--dataset", help="local Minari dataset name or path (overrides the config)")
+    parser.add_argument("--algo", help="algorithm name (overrides the config), e.g. bc, cql, iql, td3bc, bcq")
+    parser.add_argument("--task", help="evaluation env (overrides the config / dataset metadata)")
+    parser.add_argument("--steps", type=int, help="total update steps (overrides the config)")
+    parser.add_argument("--seeds", help="comma-separated seeds trained together, e.g. 0,1,2,3")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (overrides the config)")
+    parser.add_argument("--out", help="run directory (default: <log_dir>/<algo>_<dataset>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the run dir"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Config file (or, for --resume without --config, the run's saved config) + CLI overrides."""
+    if args.config:
+        base = TrainConfig.from_yaml(args.config).to_dict()
+    elif args.resume and args.out:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(
+                f"--resume: {args.out} holds no run (no config.yaml); check --out or pass --config"
+            )
+        base = TrainConfig.from_yaml(saved).to_dict()
+    else:
+        base = TrainConfig().to_dict()
+    overrides = {
+        "dataset": args.dataset,
+        "algo": args.algo,
+        "task": args.task,
+        "steps": args.steps,
+        "device": args.device,
+        "seeds": _parse_seeds(args.seeds) if args.seeds else None,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if args.no_progress:
+        base["progress"] = False
+    return TrainConfig.from_dict(base, source="train config")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and not args.out and not args.config:
+        raise ConfigError("--resume needs the run directory: pass --out DIR (and optionally --config)")
+    config = config_from_args(args)
+    if config.algo == "dynamics":  # a model for MPC, fitted with held-out early stopping: its own loop
+        from offrl_robot.algos.dynamics import run_cli
+
+        return run_cli(config, args.out, args.resume)
+    trainer = Trainer(config, run_dir=args.out, resume=args.resume)
+    summary = trainer.fit()
+    final = summary.get("final_eval") or {}
+    line = (
+        f"trained {summary['algo']} on {summary['dataset']} for {summary['steps']} steps, "
+        f"seeds {summary['seeds']}, {summary['updates_per_s']} updates/s"
+    )
+    if "mean_return" in final:
+        line += f"; return {final['mean_return']['mean']:.2f} ± {final['mean_return']['std']:.2f}"
+    if "success_rate" in final:
+        line += f", success {final['success_rate']['mean']:.2f}"
+    if "final_distance" in final:
+        line += f", final distance {final['final_distance']['mean']:.3f} m"
+    if "normalized_score" in final:
+        line += f", score {final['normalized_score']['mean']:.1f}"
+    print(line)
+    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"summary: {Path(summary['run_dir']) / 'summary.json'}")
+    from offrl_robot.sim.report import write_learning_curves_quietly  # PNGs beside the CSVs; never raises
+
+    write_learning_curves_quietly(summary["run_dir"])
+    return 0
