@@ -15,6 +15,7 @@ calls `.item()`/`.cpu()`, never branches on tensor values, allocates nothing tha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -73,12 +74,25 @@ class Algorithm(nn.Module):
     config_class: ClassVar[type[AlgoConfig]] = AlgoConfig
     value_based: ClassVar[bool] = False
 
-    def __init__(self, observation_dim: int, action_dim: int, num_seeds: int, config: AlgoConfig) -> None:
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        num_seeds: int,
+        config: AlgoConfig,
+        seeds: Sequence[int] | None = None,
+    ) -> None:
+        """`seeds`: the run's seed values (default 0..S-1). Seed s's ensemble members are
+        initialised from a generator seeded with s, so seed 2 of `--seeds 0,1,2` starts from
+        exactly the weights of a single-seed run with `--seeds 2`."""
         super().__init__()
         self.observation_dim = observation_dim
         self.action_dim = action_dim
         self.num_seeds = num_seeds
         self.config = config
+        self.seeds = list(range(num_seeds)) if seeds is None else [int(s) for s in seeds]
+        if len(self.seeds) != num_seeds:
+            raise ValueError(f"got {len(self.seeds)} seed values for num_seeds={num_seeds}")
 
     def update(self, batch: Batch) -> UpdateOutput:
         """One gradient step for all seeds (critic, actor, target nets, temperature...)."""

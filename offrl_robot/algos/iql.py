@@ -1,0 +1,150 @@
+"""Implicit Q-Learning (Kostrikov, Nair & Levine, 2021)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
+from offrl_robot.algos.common import EnsembleAlgorithm, export_eval, make_adam, seed_mean
+from offrl_robot.errors import ConfigError
+from offrl_robot.nets import (
+    DeterministicActor,
+    GaussianActor,
+    QEnsemble,
+    ValueEnsemble,
+    hard_copy,
+    polyak_update,
+)
+
+
+@dataclass
+class IQLConfig(AlgoConfig):
+    """CORL / paper D4RL-locomotion defaults: expectile 0.7, inverse temperature 3.0, lrs 3e-4,
+    tau 5e-3, advantage weights clipped at 100, Gaussian policy. actor_lr_schedule_steps: if set,
+    the actor lr follows CORL's cosine decay to 0 over that many updates (usually = total steps)."""
+
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    expectile: float = 0.7
+    temperature: float = 3.0
+    max_advantage_weight: float = 100.0
+    tau: float = 5e-3
+    deterministic_policy: bool = False
+    actor_lr_schedule_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.expectile < 1.0:
+            raise ConfigError(f"algo_config.expectile {self.expectile}: must lie strictly between 0 and 1")
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """Asymmetric L2, element-wise: |expectile - 1(diff < 0)| * diff^2, with diff = Q - V.
+
+    With expectile > 0.5, under-estimates (diff > 0) cost more, so V tracks an upper expectile
+    of Q over dataset actions: an in-sample approximation of max_a Q without querying OOD actions.
+    """
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff.square()
+
+
+@register
+class IQL(EnsembleAlgorithm):
+    """IQL: never evaluates Q on actions outside the dataset.
+
+        L_V = E_D[ L2_tau( min_i Q'_i(s,a) - V(s) ) ]                      (expectile tau)
+        L_Q = 1/2 * sum_i E_D[ (Q_i(s,a) - r - gamma (1 - done) V(s'))^2 ]
+        L_pi = E_D[ min(exp(beta * (min_i Q'_i(s,a) - V(s))), 100) * (-log pi(a|s)) ]   (AWR)
+               (deterministic policy: ||pi(s) - a||^2 summed over action dims instead of -log pi)
+
+    As in CORL's `iql.py`, all three losses come from one snapshot: V(s') for the Q target and the
+    advantage for the policy are computed before V's step. So they are minimised with ONE
+    backward and ONE fused Adam (param groups for V, Q, pi); identical to CORL's three optimisers.
+    PER weights multiply the V and Q losses per sample.
+    """
+
+    name = "iql"
+    config_class = IQLConfig
+    value_based = True
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        num_seeds: int,
+        config: IQLConfig,
+        seeds: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(observation_dim, action_dim, num_seeds, config, seeds)
+        hidden = config.hidden_sizes
+        self.actor: DeterministicActor | GaussianActor
+        if config.deterministic_policy:
+            self.actor = DeterministicActor(self.seeds, observation_dim, action_dim, hidden, "iql/actor")
+        else:
+            self.actor = GaussianActor(self.seeds, observation_dim, action_dim, hidden, "iql/actor")
+        self.critic = QEnsemble(self.seeds, observation_dim, action_dim, hidden, "iql/critic")
+        self.target_critic = hard_copy(self.critic)
+        self.value = ValueEnsemble(self.seeds, observation_dim, hidden, "iql/value")
+        self.optimizers["all"] = make_adam(
+            [
+                {"params": self.actor.parameters(), "lr": config.actor_lr},
+                {"params": self.critic.parameters(), "lr": config.critic_lr},
+                {"params": self.value.parameters(), "lr": config.value_lr},
+            ]
+        )
+        if config.actor_lr_schedule_steps:
+            horizon = config.actor_lr_schedule_steps
+
+            def cosine(step: int) -> float:
+                return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
+
+            self.schedulers["all"] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers["all"], [cosine, lambda _: 1.0, lambda _: 1.0]
+            )
+
+    def update(self, batch: Batch) -> UpdateOutput:
+        cfg: IQLConfig = self.config  # type: ignore[assignment]
+        obs, actions, weights = batch.observations, batch.actions, batch.weights
+        with torch.no_grad():
+            target_q = self.target_critic(obs, actions).amin(dim=1)
+            next_v = self.value(batch.next_observations)
+            td_target = batch.rewards + cfg.discount * (1.0 - batch.terminals) * next_v
+
+        advantage = target_q - self.value(obs)
+        value_loss = seed_mean(expectile_loss(advantage, cfg.expectile), weights)
+
+        td = self.critic(obs, actions) - td_target.unsqueeze(1)
+        critic_loss = seed_mean(td.square().mean(1), weights)
+
+        advantage_weight = torch.exp(cfg.temperature * advantage.detach()).clamp(max=cfg.max_advantage_weight)
+        if isinstance(self.actor, GaussianActor):
+            bc_loss = -self.actor.log_prob(obs, actions)
+        else:
+            bc_loss = (self.actor(obs) - actions).square().sum(-1)
+        actor_loss = (advantage_weight * bc_loss).mean(-1)
+
+        self._step(self.optimizers["all"], (value_loss + critic_loss + actor_loss).sum())
+        polyak_update(self.target_critic.parameters(), self.critic.parameters(), cfg.tau)
+        self.num_updates += 1
+        return UpdateOutput(
+            metrics={
+                "value_loss": value_loss.detach(),
+                "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach(),
+                "advantage": advantage.detach().mean(-1),
+            },
+            td_error=td.detach().abs().mean(1),
+        )
+
+    @torch.no_grad()
+    def act(self, observations: Tensor) -> Tensor:
+        return self.actor.mode(observations)
+
+    def policy_for_export(self, seed_index: int) -> nn.Module:
+        """The policy mean (Gaussian) or the deterministic policy of this seed."""
+        return export_eval(self.actor.export(seed_index))
