@@ -664,6 +664,12 @@ def export_checkpoint(
         )
     # Every check of the inputs first (cheap), the exporter (seconds) only when they pass.
     facts = read_checkpoint(checkpoint_path)
+    if facts.algorithm == "dynamics":  # an ensemble for MPC, not a policy: its own graph and card
+        from offrl_robot.export_dynamics import export_dynamics
+
+        return export_dynamics(
+            checkpoint_path, out, parity_samples, opset=opset, dataset=dataset, parity_seed=parity_seed
+        )
     metadata = metadata_for(facts)
     module = build_export_module(facts, seed_index)
     observations, from_dataset = parity_observations(

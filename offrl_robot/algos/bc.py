@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
-from offrl_robot.algos.common import EnsembleAlgorithm, export_eval, make_adam
+from offrl_robot.algos.common import EnsembleAlgorithm, cosine_decay, export_eval, make_adam
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import DeterministicActor, GaussianActor
 
@@ -19,10 +19,13 @@ BC_LOSSES = ("mse", "nll")
 @dataclass
 class BCConfig(AlgoConfig):
     """loss: "mse" (deterministic tanh policy) or "nll" (Gaussian, maximum likelihood).
-    learning_rate 3e-4 and 256x256 nets as CORL's BC baseline on D4RL locomotion."""
+    learning_rate 3e-4 and 256x256 nets as CORL's BC baseline on D4RL locomotion.
+    lr_schedule_steps: if set, the learning rate follows a cosine decay to 0 over that many
+    updates (usually = total steps): precise goal reaching needs the final averaging."""
 
     loss: str = "mse"
     learning_rate: float = 3e-4
+    lr_schedule_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in BC_LOSSES:
@@ -65,6 +68,10 @@ class BC(EnsembleAlgorithm):
         self.optimizers["actor"] = make_adam(
             [{"params": self.actor.parameters(), "lr": config.learning_rate}]
         )
+        if config.lr_schedule_steps:
+            self.schedulers["actor"] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers["actor"], cosine_decay(config.lr_schedule_steps)
+            )
 
     def update(self, batch: Batch) -> UpdateOutput:
         if isinstance(self.actor, GaussianActor):

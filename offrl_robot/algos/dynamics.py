@@ -55,8 +55,9 @@ IMPROVEMENT_FRACTION = 0.01
 class DynamicsConfig:
     """Hyper-parameters of the ensemble and its fit (PETS/MBPO defaults scaled to small robots).
 
-    members: K ensemble members. hidden_sizes: per-member MLP (128x128 keeps an MPC step with
-    256 samples x horizon 10 inside a 50 Hz period on one CPU core; see BENCHMARKS.md).
+    members: K ensemble members. hidden_sizes: per-member MLP. An MPC tick costs about
+    samples x horizon x K x hidden^2: 5 x 128 x 128 with 256 x 10 is ~19 ms p50 on the shared
+    dev CPU, 3 x 64 x 64 ~9 ms (BENCHMARKS.md "MPC latency").
     holdout_fraction / max_holdout: the held-out split used for early stopping.
     patience: epochs without a >1 % held-out improvement of any member before stopping.
     mpc: planner settings written into the exported model's card (`offrl_robot.mpc.MPCConfig`
@@ -74,7 +75,18 @@ class DynamicsConfig:
     logvar_bound_weight: float = 0.01
     mpc: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> DynamicsConfig:
+        if not isinstance(self.mpc, dict):
+            raise ConfigError(
+                "algo_config.mpc must be a mapping of planner settings (see offrl_robot/mpc.py)"
+            )
+        if self.mpc:
+            from offrl_robot.mpc import MPCConfig
+
+            MPCConfig.from_dict(self.mpc, source="algo_config.mpc")  # fail before training, not at export
         if self.members < 2:
             raise ConfigError(f"algo_config.members {self.members}: an ensemble needs at least 2 members")
         if not self.hidden_sizes or any(int(h) < 1 for h in self.hidden_sizes):
@@ -204,16 +216,8 @@ def build_algo_config(params: dict[str, Any]) -> DynamicsConfig:
     values = dict(params)
     if "hidden_sizes" in values:
         values["hidden_sizes"] = tuple(int(h) for h in values["hidden_sizes"])
-    if "mpc" in values:
-        if not isinstance(values["mpc"], dict):
-            raise ConfigError(
-                "algo_config.mpc must be a mapping of planner settings (see offrl_robot/mpc.py)"
-            )
-        from offrl_robot.mpc import MPCConfig
-
-        MPCConfig.from_dict(values["mpc"], source="algo_config.mpc")  # fail before training, not at export
     try:
-        return DynamicsConfig(**values).validate()
+        return DynamicsConfig(**values)
     except TypeError as err:
         raise ConfigError(f"algo_config for 'dynamics' is invalid: {err}") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
-from offrl_robot.algos.common import EnsembleAlgorithm, export_eval, make_adam, seed_mean
+from offrl_robot.algos.common import EnsembleAlgorithm, cosine_decay, export_eval, make_adam, seed_mean
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import (
     DeterministicActor,
@@ -98,13 +97,9 @@ class IQL(EnsembleAlgorithm):
             ]
         )
         if config.actor_lr_schedule_steps:
-            horizon = config.actor_lr_schedule_steps
-
-            def cosine(step: int) -> float:
-                return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
-
             self.schedulers["all"] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers["all"], [cosine, lambda _: 1.0, lambda _: 1.0]
+                self.optimizers["all"],
+                [cosine_decay(config.actor_lr_schedule_steps), lambda _: 1.0, lambda _: 1.0],
             )
 
     def update(self, batch: Batch) -> UpdateOutput:

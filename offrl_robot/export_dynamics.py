@@ -1,0 +1,269 @@
+"""A dynamics-ensemble checkpoint -> one ONNX model + card that the MPC controller plans with.
+
+The graph, batched over planner candidates (every member sees every row):
+
+    observation [N, O], action [N, A]   float32, physical units
+      -> normalise (observation mean/std, actions to [-1, 1]) inside the graph
+      -> K members as one batched matmul -> per-member Gaussian means
+      -> member_next_observation [K, N, O], member_reward [K, N]   (physical units)
+      -> next_observation [N, O], reward [N]                        (ensemble means)
+      -> disagreement [N] = max_k || (member_k - mean) / obs_std ||  (the pessimism signal)
+
+Why the disagreement is computed in the graph: the planner needs it for every candidate at
+every step, and in normalised units (radians and rad/s must not be summed raw); inside the
+graph it costs a few element-wise ops instead of a [K, N, O] round trip through numpy.
+
+Same guarantees as `offrl_robot.export` (whose helpers this reuses): torch vs onnxruntime
+parity on >= 1,000 dataset rows and in-range draws before anything is written, metadata via
+`card.py`, the card's sha256 over the bytes, model + card written together atomically. The
+card's `training.mpc` holds the planner settings the checkpoint's `algo_config.mpc` asked for,
+so the validation gate runs, and records its verdict for, the same planner that deploys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from offrl_robot.algos.dynamics import ALGORITHM_NAME, DynamicsEnsemble, load_dynamics
+from offrl_robot.atomic import atomic_write_group
+from offrl_robot.card import ModelCard, bytes_sha256, card_path_for, write_metadata_props
+from offrl_robot.errors import ConfigError, ModelError
+from offrl_robot.export import (
+    DEFAULT_OPSET,
+    MIN_PARITY_SAMPLES,
+    ExportResult,
+    ParityReport,
+    _parity_dataset_observations,
+    _quiet_exporter,
+    _strip_debug_metadata,
+    metadata_for,
+    parity_observations,
+    read_checkpoint,
+    training_summary,
+)
+
+ACTION_INPUT = "action"
+OBSERVATION_INPUT = "observation"
+OUTPUTS = ("next_observation", "reward", "disagreement", "member_next_observation", "member_reward")
+# Max |torch - onnxruntime| of next observations in units of the observation std (and of the
+# reward in units of its std): float32 GEMMs of two libraries agree to ~1e-6 here.
+DYNAMICS_PARITY_TOLERANCE = 1e-4
+
+
+class PhysicalUnitsDynamics(nn.Module):
+    """The exported computation (see the module docstring); also the parity reference."""
+
+    def __init__(self, model: DynamicsEnsemble) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        member_next, member_reward = self.model.predict(observation, action)
+        next_obs = member_next.mean(dim=0)
+        reward = member_reward.mean(dim=0)
+        spread = (member_next - next_obs.unsqueeze(0)) / self.model.obs_std
+        disagreement = spread.square().sum(dim=-1).sqrt().amax(dim=0)
+        return next_obs, reward, disagreement, member_next, member_reward
+
+
+def dynamics_to_onnx(module: PhysicalUnitsDynamics, opset: int = DEFAULT_OPSET) -> Any:
+    """torch.export -> ONNX in memory, weights embedded, candidate axis dynamic."""
+    import onnx
+
+    model = module.model
+    example = (
+        torch.zeros(4, model.observation_dim, dtype=torch.float32),
+        torch.zeros(4, model.action_dim, dtype=torch.float32),
+    )
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                input_names=[OBSERVATION_INPUT, ACTION_INPUT],
+                output_names=list(OUTPUTS),
+                dynamic_shapes={"observation": {0: batch}, "action": {0: batch}},
+                opset_version=int(opset),
+                optimize=True,
+            )
+    except Exception as err:  # the exporter raises many types; the first line is the useful part
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"ONNX export of the dynamics ensemble (opset {opset}) failed: {first}") from err
+    proto = program.model_proto
+    _strip_debug_metadata(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def check_dynamics_parity(
+    module: PhysicalUnitsDynamics,
+    model_bytes: bytes,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    dataset_samples: int,
+    tolerance: float = DYNAMICS_PARITY_TOLERANCE,
+) -> ParityReport:
+    """torch vs onnxruntime on every output, in observation-std / reward-std units."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        got = session.run(list(OUTPUTS), {OBSERVATION_INPUT: observations, ACTION_INPUT: actions})
+        single = session.run(list(OUTPUTS), {OBSERVATION_INPUT: observations[:1], ACTION_INPUT: actions[:1]})
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"onnxruntime cannot run the exported dynamics graph: {first}") from err
+    with torch.no_grad():
+        reference = [t.numpy() for t in module(torch.from_numpy(observations), torch.from_numpy(actions))]
+    if not all(np.isfinite(r).all() for r in reference):
+        raise ModelError(
+            "the torch dynamics model outputs NaN/inf on in-range inputs; its weights are unusable"
+        )
+    obs_std = module.model.obs_std.numpy()
+    reward_std = float(module.model.target_std[-1])
+    scales = (obs_std, reward_std, 1.0, obs_std, reward_std)
+    unit = max(
+        float(np.nan_to_num(np.abs(g - r) / s, nan=np.inf).max())
+        for g, r, s in zip(got, reference, scales, strict=True)
+    )
+    unit = max(
+        unit,
+        float(np.nan_to_num(np.abs(single[0] - reference[0][:1]) / obs_std, nan=np.inf).max()),
+    )
+    absolute = max(
+        float(np.nan_to_num(np.abs(g - r), nan=np.inf).max()) for g, r in zip(got, reference, strict=True)
+    )
+    if not unit <= tolerance:
+        raise ModelError(
+            f"parity check failed: onnxruntime and torch dynamics differ by {unit:.3g} std units > {tolerance:g} "
+            f"on {len(observations)} inputs; nothing was written"
+        )
+    return ParityReport(
+        samples=len(observations),
+        dataset_samples=dataset_samples,
+        random_samples=len(observations) - dataset_samples,
+        max_abs_diff=absolute,
+        max_unit_diff=unit,
+        tolerance=float(tolerance),
+    )
+
+
+def export_dynamics(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    parity_samples: int = MIN_PARITY_SAMPLES,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dataset: Any | None = None,
+    mpc: dict[str, Any] | None = None,
+    parity_seed: int = 0,
+) -> ExportResult:
+    """Export a dynamics checkpoint (or run directory) to `out_path` + NAME.card.yaml.
+
+    `mpc`: planner settings for the card (default: the checkpoint's `algo_config.mpc`); they are
+    checked by `offrl_robot.mpc.MPCConfig` before anything is written.
+    """
+    from offrl_robot.mpc import MPCConfig, check_reward_source
+
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"--out {out} must name a .onnx file, e.g. models/arm_reach_mpc.onnx")
+    if parity_samples < MIN_PARITY_SAMPLES:
+        raise ConfigError(f"parity_samples {parity_samples} is too few; use at least {MIN_PARITY_SAMPLES}")
+    facts = read_checkpoint(checkpoint_path)
+    if facts.algorithm != ALGORITHM_NAME:
+        raise ModelError(
+            f"checkpoint {facts.path} holds {facts.algorithm!r}, not a dynamics ensemble; use `offrl-robot export`"
+        )
+    metadata = metadata_for(facts)
+    planner = dict(facts.state["algo_config"].get("mpc") or {}) if mpc is None else dict(mpc)
+    mpc_config = MPCConfig.from_dict(planner, source=f"checkpoint {facts.path} algo_config.mpc")
+    check_reward_source(mpc_config.reward, metadata.observation_dim, metadata.action_dim)
+    try:
+        model = load_dynamics(facts.state)
+    except (ConfigError, RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ModelError(f"checkpoint {facts.path}: cannot rebuild the dynamics ensemble ({first})") from None
+    module = PhysicalUnitsDynamics(model).eval()
+    observations, from_dataset = parity_observations(
+        facts, _parity_dataset_observations(facts, dataset), parity_samples, seed=parity_seed
+    )
+    rng = np.random.default_rng([parity_seed, 1])
+    actions = rng.uniform(facts.action_low, facts.action_high, size=(len(observations), facts.action_dim))
+    actions = actions.astype(np.float32)
+    proto = dynamics_to_onnx(module, opset)
+    write_metadata_props(proto, metadata)
+    model_bytes = proto.SerializeToString()
+    parity = check_dynamics_parity(module, model_bytes, observations, actions, from_dataset)
+    sha256 = bytes_sha256(model_bytes)
+    training = training_summary(facts, 0)
+    training["export"] = {
+        "opset": int(opset),
+        "exporter": f"torch {torch.__version__} (dynamo)",
+        "parity": parity.to_dict(),
+        "outputs": list(OUTPUTS),
+    }
+    training["members"] = model.members
+    training["controller"] = "mpc"
+    training["mpc"] = mpc_config.to_dict()
+    card = ModelCard(model=out.name, sha256=sha256, metadata=metadata, training=training)
+    card_bytes = _card_bytes_checked_by_controller(out, model_bytes, card, observations[0])
+    card_path = card_path_for(out)
+    try:
+        atomic_write_group({out: model_bytes, card_path: card_bytes})
+    except OSError as err:
+        raise ConfigError(
+            f"--out {out}: cannot write there ({err.strerror}); choose a writable folder"
+        ) from None
+    return ExportResult(
+        model_path=out,
+        card_path=card_path,
+        sha256=sha256,
+        algorithm=facts.algorithm,
+        seed=facts.seeds[0],
+        step=facts.step,
+        observation_dim=facts.observation_dim,
+        action_dim=facts.action_dim,
+        opset=int(opset),
+        parity=parity,
+    )
+
+
+def _card_bytes_checked_by_controller(
+    out: Path, model_bytes: bytes, card: ModelCard, probe: np.ndarray
+) -> bytes:
+    """Open model + card with MPCController (every check a robot runs) in a scratch folder and
+    plan once; return the card's bytes. The target folder is not touched."""
+    import tempfile
+
+    from offrl_robot.mpc import MPCController
+
+    with tempfile.TemporaryDirectory(prefix="offrl-export-") as scratch:
+        model_file = Path(scratch) / out.name
+        model_file.write_bytes(model_bytes)
+        card_file = card_path_for(model_file)
+        card.write(card_file)
+        action = MPCController(model_file).act(probe)
+        low, high = np.asarray(card.metadata.action_low), np.asarray(card.metadata.action_high)
+        if (
+            action.shape != low.shape
+            or not np.all(np.isfinite(action))
+            or np.any((action < low) | (action > high))
+        ):
+            raise ModelError(
+                f"the MPC controller planned {action.tolist()} on a dataset observation; nothing was written"
+            )
+        return card_file.read_bytes()

@@ -1,0 +1,214 @@
+"""CEM and MPPI find the optimum of a known quadratic, warm start and rate limits behave, and
+MPC over an ensemble trained on scripted-expert data reaches goals on ArmReach through the
+real validation gate (PolicyRuntime's place, SafetyFilter included)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from offrl_robot.errors import ConfigError
+from offrl_robot.mpc import CEMPlanner, MPCConfig, MPPIPlanner, load_controller, make_planner
+
+REPO = Path(__file__).resolve().parents[1]
+HORIZON, ACT_DIM = 5, 3
+LOW, HIGH = [-1.0] * ACT_DIM, [1.0] * ACT_DIM
+
+
+def quadratic(target: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
+    """J(seq) = -sum (seq - target)^2: the unique maximiser is `target` (inside the box)."""
+
+    def objective(sequences: np.ndarray) -> np.ndarray:
+        return -np.square(sequences - target).sum(axis=(1, 2))
+
+    return objective, target
+
+
+@pytest.fixture
+def target() -> np.ndarray:
+    return np.random.default_rng(5).uniform(-0.7, 0.7, (HORIZON, ACT_DIM))
+
+
+def test_cem_finds_the_optimum_of_a_quadratic(target: np.ndarray) -> None:
+    objective, _ = quadratic(target)
+    planner = make_planner(MPCConfig(method="cem", horizon=HORIZON, samples=256, iterations=10), LOW, HIGH)
+    assert isinstance(planner, CEMPlanner)
+    plan = planner.plan(objective)
+    assert plan.shape == (HORIZON, ACT_DIM)
+    assert np.abs(plan - target).max() < 0.05
+
+
+def test_mppi_finds_the_optimum_of_a_quadratic(target: np.ndarray) -> None:
+    objective, _ = quadratic(target)
+    config = MPCConfig(
+        method="mppi", horizon=HORIZON, samples=256, iterations=40, temperature=1.0, init_std=0.2
+    )
+    planner = make_planner(config, LOW, HIGH)
+    assert isinstance(planner, MPPIPlanner)
+    start_error = np.abs(planner.mean - target).max()
+    plan = planner.plan(objective)
+    assert np.abs(plan - target).max() < 0.1 < start_error
+
+
+def test_same_seed_same_plan_and_reset_restarts_the_stream(target: np.ndarray) -> None:
+    objective, _ = quadratic(target)
+    config = MPCConfig(method="mppi", horizon=HORIZON, samples=64, seed=3)
+    first, second = make_planner(config, LOW, HIGH), make_planner(config, LOW, HIGH)
+    np.testing.assert_array_equal(first.plan(objective), second.plan(objective))
+    first.reset()
+    again = first.plan(objective)
+    np.testing.assert_array_equal(again, make_planner(config, LOW, HIGH).plan(objective))
+    other = make_planner(MPCConfig(method="mppi", horizon=HORIZON, samples=64, seed=4), LOW, HIGH)
+    assert not np.array_equal(other.plan(objective), again)
+
+
+def test_warm_start_shifts_the_plan_and_beats_a_cold_start(target: np.ndarray) -> None:
+    # a time-invariant optimum: after a tick the shifted plan is still (nearly) optimal
+    still = np.tile(target[0], (HORIZON, 1))
+    objective, _ = quadratic(still)
+    config = MPCConfig(method="cem", horizon=HORIZON, samples=64, iterations=6)
+    warm = make_planner(config, LOW, HIGH)
+    plan = warm.plan(objective)
+    warm.advance()
+    np.testing.assert_array_equal(warm.mean[:-1], plan[1:])
+    np.testing.assert_array_equal(warm.mean[-1], plan[-1])
+    np.testing.assert_array_equal(warm.previous, plan[0])
+    one_round = MPCConfig(method="cem", horizon=HORIZON, samples=64, iterations=1)
+    warm.config = one_round
+    cold = make_planner(one_round, LOW, HIGH)
+    warm_score = objective(warm.plan(objective)[None])[0]
+    cold_score = objective(cold.plan(objective)[None])[0]
+    assert warm_score > cold_score
+
+
+def test_rate_limit_holds_for_every_candidate_and_the_plan() -> None:
+    far = np.full((HORIZON, ACT_DIM), 0.9)
+    objective, _ = quadratic(far)
+    config = MPCConfig(method="cem", horizon=HORIZON, samples=128, iterations=5, max_action_change=0.1)
+    planner = make_planner(config, LOW, HIGH)
+    seen: list[np.ndarray] = []
+
+    def recording(sequences: np.ndarray) -> np.ndarray:
+        seen.append(sequences.copy())
+        return objective(sequences)
+
+    plan = planner.plan(recording)
+    for sequences in [*seen, plan[None]]:
+        steps = np.diff(np.concatenate([np.zeros((len(sequences), 1, ACT_DIM)), sequences], axis=1), axis=1)
+        assert np.abs(steps).max() <= 0.1 + 1e-12
+    # it still heads for the far target, as fast as the limit allows at the first tick
+    assert plan[0].min() > 0.05 and plan[-1].min() > 0.15
+    assert objective(plan[None])[0] > objective(np.zeros((1, HORIZON, ACT_DIM)))[0]
+
+
+def test_planner_config_errors_are_one_line() -> None:
+    with pytest.raises(ConfigError, match="unknown planner key"):
+        MPCConfig.from_dict({"horizn": 3})
+    with pytest.raises(ConfigError, match="method 'ilqr'"):
+        MPCConfig.from_dict({"method": "ilqr"})
+    with pytest.raises(ConfigError, match="horizon must be an integer"):
+        MPCConfig.from_dict({"horizon": 0})
+    with pytest.raises(ConfigError, match="'learned' or 'module:function'"):
+        MPCConfig.from_dict({"reward": "distance"})
+    with pytest.raises(ConfigError, match="one value or one per action"):
+        make_planner(MPCConfig(max_action_change=[0.1, 0.2]), LOW, HIGH)
+
+
+@pytest.fixture(scope="module")
+def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """collect (scripted expert + noise) -> fit -> export -> validation gate, all real; the card
+    keeps the gate's verdict, as a deployed model's would."""
+    from offrl_robot.algos.dynamics import fit_dynamics
+    from offrl_robot.data.collect import collect
+    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.sim.validate import validate_model
+    from offrl_robot.train import TrainConfig
+
+    folder = tmp_path_factory.mktemp("mpc")
+    dataset = collect("ArmReach-v0", "scripted-expert", episodes=20, seed=0, noise=0.3).dataset
+    mpc = TrainConfig.from_yaml(REPO / "config/dynamics/arm_reach.yaml").algo_config["mpc"]
+    config = TrainConfig(
+        algo="dynamics",
+        steps=1500,
+        batch_size=256,
+        threads=1,
+        progress=False,
+        algo_config={"members": 5, "hidden_sizes": [128, 128], "mpc": mpc},
+    )
+    fit = fit_dynamics(config, dataset, run_dir=folder / "run")
+    model = folder / "arm_reach_mpc.onnx"
+    export_dynamics(fit.checkpoint, model, dataset=dataset)
+    return model, validate_model(model, task="ArmReach-v0", episodes=2, seed=0)
+
+
+@pytest.mark.slow
+def test_mpc_trained_on_expert_data_reaches_the_goal_through_the_gate(
+    validated_mpc_model: tuple[Path, object],
+) -> None:
+    from offrl_robot.mpc import MPCController
+
+    model, result = validated_mpc_model
+    controller = load_controller(model)
+    assert isinstance(controller, MPCController) and controller.config.horizon == 20
+    metrics = result.metrics
+    assert metrics["success_rate"] == 1.0, metrics
+    assert metrics["final_distance_mean"] < 0.02
+    assert metrics["nan_events"] == 0
+    # the planner respects the slew limit itself: the filter never has to cut its commands
+    assert metrics["interventions_slew_limited"] == 0
+    assert result.passed
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_mpc_through_policy_node_reaches_the_goal_over_dds(
+    validated_mpc_model: tuple[Path, object], ros_env: dict[str, str], run_child: object
+) -> None:
+    """sim_node + policy_node (config/policy.yaml, model_path = the MPC model) as two processes."""
+    pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
+    from offrl_robot.ros.probe import RosProbe
+    from offrl_robot.sim.tasks import make_env
+
+    model, result = validated_mpc_model
+    assert result.passed  # policy_node refuses a model without a passing validation block
+    env = make_env("ArmReach-v0")
+    env.reset(seed=7)
+    goal = env.unwrapped.goal_position()
+    env.close()
+    bin_dir = Path(sys.executable).parent
+    sim = run_child.start(
+        [
+            *(str(bin_dir / "sim_node"), "--ros-args", "--params-file", str(REPO / "config/sim.yaml")),
+            *("-p", f"goal:=[{goal[0]:.6f},{goal[1]:.6f},{goal[2]:.6f}]", "-p", "real_time_factor:=0.5"),
+        ],
+        env=ros_env,
+    )
+    policy = run_child.start(
+        [
+            *(str(bin_dir / "policy_node"), "--ros-args", "--params-file", str(REPO / "config/policy.yaml")),
+            *("-p", f"model_path:={model}", "-p", "use_sim_time:=true"),
+        ],
+        env=ros_env,
+    )
+
+    def output(proc: object) -> str:
+        run_child.kill(proc)
+        return proc.communicate(timeout=10)[0] or ""
+
+    with RosProbe(int(ros_env["ROS_DOMAIN_ID"])) as probe:
+        up = probe.spin_until(lambda: len(probe.metrics) > 2 and len(probe.cmds) > 2, timeout=60.0)
+        assert up, f"sim:\n{output(sim)}\npolicy:\n{output(policy)}"
+        response = probe.trigger("/sim_node/reset")
+        assert response is not None and response.success, response
+        reached = probe.spin_until(
+            lambda: any(m.data["success"] == 1.0 and m.data["episode"] == 1.0 for m in probe.metrics),
+            timeout=40.0,
+        )
+        episode = [m.data for m in probe.metrics if m.data["episode"] == 1.0]
+        assert reached, f"MPC did not reach the goal; last metrics {episode[-1:]}\npolicy:\n{output(policy)}"
+        assert episode[0]["distance_to_goal"] > 0.05, "the episode must start away from the goal"
+        assert any(any(v != 0.0 for v in c.data) for c in probe.cmds), "MPC must have moved the arm"
