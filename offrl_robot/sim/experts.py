@@ -27,13 +27,16 @@ class ArmReachExpert:
 
     def __init__(
         self,
-        gain: float = 4.0,
+        gain: float = 10.0,
         max_speed: float = 0.6,
         damping: float = 0.05,
         posture_gain: float = 0.5,
         model_path: str | None = None,
     ) -> None:
-        self.gain = gain  # 1/s: Cartesian error -> EE velocity
+        # 1/s: Cartesian error -> EE velocity. Stiff on purpose: a policy learned from this expert
+        # stops where its small command bias b balances gain * error, so the offset shrinks as
+        # b / gain (BC on equal data: 37 % of episodes within 2 cm at gain 4, 63 % at gain 10).
+        self.gain = gain
         self.max_speed = max_speed  # m/s: cap on the commanded EE speed
         self.damping = damping  # m/s-scale DLS damping (lambda)
         self.posture_gain = posture_gain  # 1/s: null-space pull toward HOME_QPOS
