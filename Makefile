@@ -17,11 +17,11 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test lint install apt-deps clean bench-deps
 
-$(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt setup.py
+$(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt requirements-scale.txt setup.py
 	@$(MAKE) --no-print-directory apt-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt -r requirements-scale.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

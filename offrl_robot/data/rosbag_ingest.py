@@ -83,6 +83,16 @@ class SyncReport:
                 stats.topic, stats.msgtype, total, rate, max(old.max_gap_s, stats.max_gap_s)
             )
 
+    def merge(self, other: SyncReport) -> None:
+        """Add another bag's report, in bag order: the same numbers (and key order) as if both
+        bags had been counted into one report, so a parallel ingest reports what a serial one does."""
+        self.bags.extend(other.bags)
+        self.ticks += other.ticks
+        self.dropped.update(other.dropped)  # update() keeps zero counts, as `+= 0` does
+        self.stale.update(other.stale)
+        for stats in other.topics.values():
+            self.merge_topic(stats)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (stored in the dataset metadata's `extra`)."""
         return {
@@ -623,18 +633,60 @@ def _sha256(bag: Bag) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class BagPart:
+    """One bag ingested on its own: its transitions, its sync report and its source entry.
+
+    The unit of work of a parallel ingest (`offrl_robot.scale.fleet_ingest` runs `ingest_bag`
+    on workers) and the input of `merge_bag_parts`, which serial and parallel ingestion share,
+    so both produce the same dataset byte for byte.
+    """
+
+    result: _BagResult
+    report: SyncReport
+    source: dict[str, str]
+
+
+def ingest_bag(
+    path: str | os.PathLike[str], spec: IngestSpec, resolver: TypeResolver | None = None
+) -> BagPart:
+    """Decode, align and assemble one bag (episodes never span bags, so bags are independent)."""
+    bag = Bag(path)
+    report = SyncReport(time_source=spec.alignment.time_source, bags=[bag.name])
+    result = _ingest_one(bag, spec, report, resolver or TypeResolver())
+    if spec.reward.function and len(result.observations):
+        # Per bag, not on the merged dataset: a reward is a function of one transition, and
+        # computing it here lets parallel ingestion spread it over the workers (it can be the
+        # costliest step, e.g. forward kinematics) instead of leaving it to the serial merge.
+        func = _load_reward_function(spec.reward.function)
+        rows = len(result.observations)
+        rewards = func(result.observations, result.actions, result.next_observations)
+        result.rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
+        if result.rewards.shape != (rows,):
+            raise ConfigError(
+                f"ingest spec: reward.function {spec.reward.function} returned shape "
+                f"{np.shape(rewards)} for bag {bag.name}, expected ({rows},)"
+            )
+    return BagPart(result, report, {"path": str(Path(path).resolve()), "sha256": _sha256(bag)})
+
+
 def ingest(bags: Sequence[str | os.PathLike[str]], spec: IngestSpec) -> tuple[Dataset, SyncReport]:
     """Turn one or more bags into one Dataset (episodes never span bags)."""
     if not bags:
         raise BagError("no bag given; pass one or more rosbag2 directories or files")
+    resolver = TypeResolver()  # shared: a type one bag embeds also decodes the next bags
+    return merge_bag_parts([ingest_bag(path, spec, resolver) for path in bags], spec)
+
+
+def merge_bag_parts(parts: Sequence[BagPart], spec: IngestSpec) -> tuple[Dataset, SyncReport]:
+    """Concatenate per-bag parts, in the given order, into one validated Dataset + sync report."""
+    if not parts:
+        raise BagError("no bag given; pass one or more rosbag2 directories or files")
     report = SyncReport(time_source=spec.alignment.time_source)
-    resolver = TypeResolver()
-    results, sources = [], []
-    for path in bags:
-        bag = Bag(path)
-        report.bags.append(bag.name)
-        results.append(_ingest_one(bag, spec, report, resolver))
-        sources.append({"path": str(Path(path).resolve()), "sha256": _sha256(bag)})
+    for part in parts:
+        report.merge(part.report)
+    results = [part.result for part in parts]
+    sources = [part.source for part in parts]
     if any(r.obs_names != results[0].obs_names for r in results):
         raise BagError("bags give different observation columns; ingest them separately")
     total = sum(len(r.observations) for r in results)
@@ -651,13 +703,6 @@ def ingest(bags: Sequence[str | os.PathLike[str]], spec: IngestSpec) -> tuple[Da
 
     rewards = cat("rewards")
     observations, actions, next_observations = cat("observations"), cat("actions"), cat("next_observations")
-    if spec.reward.function:
-        func = _load_reward_function(spec.reward.function)
-        rewards = np.asarray(func(observations, actions, next_observations), dtype=np.float32).reshape(-1)
-        if rewards.shape != (total,):
-            raise ConfigError(
-                f"ingest spec: reward.function {spec.reward.function} returned shape {rewards.shape}, expected ({total},)"
-            )
     metadata = DatasetMetadata(
         observation_names=results[0].obs_names,
         action_names=results[0].act_names,
@@ -691,11 +736,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset name, e.g. arm_reach/robot-v0")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     parser.add_argument("--root", default=None, help="Minari datasets root (default: $MINARI_DATASETS_PATH)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="bags ingested in parallel on Ray (needs the scale extra); default: serial, no Ray "
+        "(with --address: all of the cluster's CPUs)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of a local one"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    dataset, report = ingest(args.bags, spec)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if (args.workers or 1) > 1 or args.address:
+        from offrl_robot.scale.fleet_ingest import ingest_parallel
+
+        dataset, report = ingest_parallel(args.bags, spec, workers=args.workers, address=args.address)
+    else:
+        dataset, report = ingest(args.bags, spec)
     print(report.format())
     from offrl_robot.data.minari_io import save_dataset
 
