@@ -1,0 +1,146 @@
+"""The physics behind `sim_node`: our ArmReach task, or any MJCF file with actuators.
+
+Kept free of ROS so the in-process runner and the tests drive exactly the same stepping code.
+Two kinds of model are supported because they answer different questions: the project's own
+task (goal, reward, success, distance: does the policy *do the task* over ROS?) and an
+arbitrary robot MJCF, e.g. a Menagerie arm (does the node pipeline work on a robot we did not
+design: joint naming, actuator count, ctrl ranges, unlimited joints?).
+
+Command semantics match ros2_control's forward_command_controller: `/cmd` carries one value per
+actuator in actuator order (for ArmReach: the joint velocity commands in joint order); it is
+clipped to each actuator's ctrlrange where the model declares one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from offrl_robot.errors import ConfigError
+
+DEFAULT_MJCF_RATE_HZ = 50.0
+_ONE_DOF_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+
+
+@dataclass
+class StepMetrics:
+    """What the task says about the last control period (NaN where the model has no task)."""
+
+    reward: float = float("nan")
+    success: float = float("nan")
+    distance_to_goal: float = float("nan")
+
+
+METRIC_NAMES = ("reward", "success", "distance_to_goal", "episode_return", "episode", "sim_time")
+
+
+class SimBackend:
+    """A MuJoCo model stepped one control period at a time, reporting named 1-DoF joints."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, control_rate_hz: float) -> None:
+        if model.nu == 0:
+            raise ConfigError("the MJCF has no actuators; sim_node needs at least one to take /cmd")
+        if control_rate_hz <= 0:
+            raise ConfigError(f"control_rate_hz must be > 0, got {control_rate_hz}")
+        self.model, self.data = model, data
+        self.control_rate_hz = float(control_rate_hz)
+        self.substeps = max(1, round(1.0 / (self.control_rate_hz * model.opt.timestep)))
+        joints = [
+            j for j in range(model.njnt) if int(model.jnt_type[j]) in _ONE_DOF_JOINTS and model.joint(j).name
+        ]
+        self.joint_names: list[str] = [model.joint(j).name for j in joints]
+        self._qpos_adr = np.array([model.jnt_qposadr[j] for j in joints], dtype=np.intp)
+        self._dof_adr = np.array([model.jnt_dofadr[j] for j in joints], dtype=np.intp)
+        limited = model.actuator_ctrllimited.astype(bool)
+        self.ctrl_low = np.where(limited, model.actuator_ctrlrange[:, 0], -np.inf)
+        self.ctrl_high = np.where(limited, model.actuator_ctrlrange[:, 1], np.inf)
+        self.episode_return = 0.0
+
+    @property
+    def num_commands(self) -> int:
+        return int(self.model.nu)
+
+    @property
+    def sim_time(self) -> float:
+        return float(self.data.time)
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position, velocity, actuator effort) of every named 1-DoF joint, in `joint_names` order."""
+        return (
+            self.data.qpos[self._qpos_adr].copy(),
+            self.data.qvel[self._dof_adr].copy(),
+            self.data.qfrc_actuator[self._dof_adr].copy(),
+        )
+
+    def step(self, command: np.ndarray | None) -> StepMetrics:
+        """Hold `command` (None = zero control) for one control period."""
+        ctrl = np.zeros(self.model.nu) if command is None else np.clip(command, self.ctrl_low, self.ctrl_high)
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+        return StepMetrics()
+
+    def reset(self, seed: int) -> None:
+        mujoco.mj_resetData(self.model, self.data)
+        if self.model.nkey > 0:
+            mujoco.mj_resetDataKeyframe(self.model, self.data, 0)
+        mujoco.mj_forward(self.model, self.data)
+        self.episode_return = 0.0
+
+    def goal(self) -> np.ndarray | None:
+        return None
+
+
+class TaskBackend(SimBackend):
+    """One of the project's gymnasium tasks (ArmReach-v0): adds goal, reward, success, distance."""
+
+    def __init__(self, task: str, control_rate_hz: float, goal: list[float] | None) -> None:
+        from offrl_robot.sim import make_env
+
+        self.env = make_env(task, episode_steps=None)
+        self.task = self.env.unwrapped
+        rate = control_rate_hz or float(self.task.control_rate_hz)
+        if abs(rate - float(self.task.control_rate_hz)) > 1e-9:
+            raise ConfigError(
+                f"control_rate_hz {rate:g} differs from task {task}'s {self.task.control_rate_hz:g} Hz; "
+                "leave it 0 for task models"
+            )
+        super().__init__(self.task.model, self.task.data, rate)
+        self._fixed_goal = None if goal is None else np.asarray(goal, dtype=np.float64)
+        self.ctrl_low, self.ctrl_high = np.asarray(self.task.action_low), np.asarray(self.task.action_high)
+
+    def step(self, command: np.ndarray | None) -> StepMetrics:
+        action = np.zeros(self.model.nu) if command is None else np.asarray(command, dtype=np.float64)
+        # The bare env: wrappers (TimeLimit, checkers) assume episodes; the node runs continuously.
+        _, reward, _, _, info = self.task.step(action)
+        self.episode_return += float(reward)
+        return StepMetrics(float(reward), float(info["is_success"]), float(info["distance"]))
+
+    def reset(self, seed: int) -> None:
+        self.env.reset(seed=seed)
+        if self._fixed_goal is not None:
+            self.task.set_goal(self._fixed_goal)
+            mujoco.mj_forward(self.model, self.data)
+        self.episode_return = 0.0
+
+    def goal(self) -> np.ndarray | None:
+        return self.task.goal_position()
+
+
+def make_backend(model: str, control_rate_hz: float, goal: list[float] | None) -> SimBackend:
+    """`model` is a task id (e.g. ArmReach-v0) or a path to an MJCF file with actuators."""
+    if model.endswith(".xml") or Path(model).is_file():
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"sim model {path} not found; pass a task id (ArmReach-v0) or an MJCF path")
+        try:
+            mj_model = mujoco.MjModel.from_xml_path(str(path))
+        except ValueError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"sim model {path} does not load in MuJoCo: {first}") from err
+        if goal is not None:
+            raise ConfigError("goal is only meaningful for a task (ArmReach-v0), not for a bare MJCF")
+        return SimBackend(mj_model, mujoco.MjData(mj_model), control_rate_hz or DEFAULT_MJCF_RATE_HZ)
+    return TaskBackend(model, control_rate_hz, goal)

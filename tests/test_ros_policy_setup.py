@@ -1,0 +1,131 @@
+"""Configure-time rules of policy_node, without DDS: which model may run, with which limits.
+
+Real ONNX models and cards (written by `offrl_robot.ros.linear_policy` through the card module)
+loaded by the real PolicyRuntime; the node runs exactly `load_policy_setup`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from offrl_robot.card import card_path_for
+from offrl_robot.errors import ConfigError, ModelError
+from offrl_robot.ros.linear_policy import write_linear_policy
+from offrl_robot.ros.policy_setup import load_policy_setup
+
+OBS = ["a.position", "b.position", "a.velocity", "b.velocity"]
+ACT = ["a.velocity_cmd", "b.velocity_cmd"]
+PASSED = {
+    "passed": True,
+    "task": "ArmReach-v0",
+    "episodes": 5,
+    "metrics": {"success_rate": 1.0},
+    "thresholds": {"success_rate": {"min": 0.8}},
+    "date": "2026-11-26T00:00:00Z",
+}
+
+
+def _model(tmp_path: Path, validation: dict[str, Any] | None = PASSED, name: str = "m") -> Path:
+    weights = np.array([[-2.0, 0.0, 0.0, 0.0], [0.0, -2.0, 0.0, 0.0]])
+    return write_linear_policy(
+        tmp_path / f"{name}.onnx",
+        observation_names=OBS,
+        action_names=ACT,
+        weights=weights,
+        bias=np.array([0.2, -0.2]),
+        action_low=[-1.0, -1.0],
+        action_high=[1.0, 1.0],
+        control_rate_hz=50.0,
+        validation=validation,
+    )
+
+
+def _params(model: Path, **overrides: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "model_path": str(model),
+        "card_path": "",
+        "allow_unvalidated": False,
+        "joint_names": [],
+        "extra_topics": {},
+        "control_rate_hz": 0.0,
+        "tick_source": "timer",
+        "watchdog_timeout": 0.2,
+        "safe_action": "zero",
+        "safe_action_vector": [],
+        "action_low": [],
+        "action_high": [],
+        "max_slew_rate": [],
+        "blend_in_ticks": 0,
+        "command_type": "float64_multi_array",
+    }
+    params.update(overrides)
+    return params
+
+
+def test_validated_model_loads_and_acts(tmp_path: Path) -> None:
+    setup = load_policy_setup(_params(_model(tmp_path), joint_names=["a", "b", "c"]))
+    assert setup.control_rate_hz == 50.0 and setup.period == pytest.approx(0.02)
+    assert setup.action_joints == ["a", "b"] and setup.action_field == "velocity"
+    assert setup.validation_summary.startswith("passed")
+    action = setup.runtime.act(np.array([0.0, 0.1, 0.0, 0.0], dtype=np.float32))
+    np.testing.assert_allclose(action, [0.2, -0.4], rtol=1e-6)
+    # With a fresh observation the filter passes the action through (inside the limits, no slew set).
+    command = setup.safety.step(np.asarray(action, dtype=np.float64), np.zeros(4), 0.0)
+    np.testing.assert_allclose(command, [0.2, -0.4], rtol=1e-6)
+    np.testing.assert_array_equal(setup.safe_command(), [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "validation",
+    [None, {**PASSED, "passed": False, "metrics": {"success_rate": 0.1}}],
+    ids=["no_block", "failed_gate"],
+)
+def test_unvalidated_model_refused_unless_allowed(tmp_path: Path, validation: dict[str, Any] | None) -> None:
+    model = _model(tmp_path, validation)
+    with pytest.raises(ModelError, match="validation") as info:
+        load_policy_setup(_params(model))
+    assert str(card_path_for(model)) in str(info.value) and "allow_unvalidated" in str(info.value)
+    assert "\n" not in str(info.value)
+    setup = load_policy_setup(_params(model, allow_unvalidated=True))
+    assert setup.validation_summary.startswith("UNVALIDATED")
+
+
+def test_model_for_another_robot_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"joints \['b'\] that are not in joint_names"):
+        load_policy_setup(_params(_model(tmp_path), joint_names=["a", "c"]))
+
+
+def test_limit_overrides_only_tighten_and_slew_is_per_second(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    setup = load_policy_setup(_params(model, action_low=[-0.5], action_high=[0.5, 0.25], max_slew_rate=[5.0]))
+    assert setup.safety.config.low == [-0.5, -0.5] and setup.safety.config.high == [0.5, 0.25]
+    assert setup.safety.config.max_delta_per_tick == pytest.approx([0.1, 0.1])  # 5 /s at 50 Hz
+    with pytest.raises(ConfigError, match="widens"):
+        load_policy_setup(_params(model, action_high=[2.0, 1.0]))
+    with pytest.raises(ConfigError, match="one per action"):
+        load_policy_setup(_params(model, action_low=[-0.5, -0.5, -0.5]))
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "needle"),
+    [
+        ({"tick_source": "sometimes"}, ConfigError, "tick_source"),
+        ({"command_type": "twist"}, ConfigError, "command_type"),
+        ({"model_path": ""}, ConfigError, "model_path is empty"),
+        ({"safe_action": "brake"}, ConfigError, "safe_action"),
+        ({"safe_action_vector": [5.0, 0.0]}, ConfigError, "outside"),
+    ],
+)
+def test_bad_parameters_are_one_line_errors(tmp_path: Path, override, error, needle) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=needle) as info:
+        load_policy_setup(_params(_model(tmp_path), **override))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError):
+        load_policy_setup(_params(tmp_path / "nope.onnx"))
