@@ -80,10 +80,10 @@ class ChildProcesses:
         return proc
 
     def run(
-        self, args: list[str], timeout: float, env: dict[str, str] | None = None
+        self, args: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run to completion; on timeout SIGKILL the whole group and fail."""
-        proc = self.start(args, env=env)
+        proc = self.start(args, env=env, cwd=cwd)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
