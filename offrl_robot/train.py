@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from offrl_robot import __version__
-from offrl_robot.algos.base import Batch
+from offrl_robot.accel import ACCEL_MODES, make_update_step
 from offrl_robot.atomic import atomic_write_bytes, atomic_write_text
 from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError, ModelError
@@ -84,6 +84,10 @@ class TrainConfig:
     evaluation / checkpoint (a final evaluation and checkpoint are always made).
     threads: torch CPU threads for this run (0 = torch's default). On a CPU shared with other
     jobs, 1 is often several times faster: idle OpenMP workers spin against the other jobs.
+    accelerate: none | graph | compile. On CUDA, `graph` replays each training step (sampling,
+    gather, update) from a captured CUDA graph (7-13x the eager updates/s on an H100, same
+    numbers as eager); `compile` also passes the update through torch.compile. On the CPU both
+    fall back to eager, so CPU runs stay bit-reproducible (see offrl_robot/accel.py).
     """
 
     algo: str = "bc"
@@ -107,6 +111,7 @@ class TrainConfig:
     per_eps: float = 1e-6
     progress: bool = True
     threads: int = 0
+    accelerate: str = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -128,6 +133,10 @@ class TrainConfig:
                 raise ConfigError(
                     f"config field {name!r} must be >= 0 (0 disables it), got {getattr(self, name)}"
                 )
+        if self.accelerate not in ACCEL_MODES:
+            raise ConfigError(
+                f"config field 'accelerate' is {self.accelerate!r}; use one of {', '.join(ACCEL_MODES)}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -633,6 +642,8 @@ class Trainer:
         )
         start_step = self._restore(self._resume_state) if self._resume_state is not None else 0
         data = self._device_tensors()
+        # After any resume: a CUDA-graph step snapshots the restored state around its capture.
+        step_fn = make_update_step(self.algo, self.sampler, data, cfg.accelerate)
         self._open_logs(start_step)
 
         last_eval: dict[str, Any] | None = None
@@ -642,20 +653,11 @@ class Trainer:
         count = 0
         progress = _progress(cfg.progress, start_step, cfg.steps, self.run_dir.name)
         prioritized = cfg.prioritized
-        obs, act, rew, nobs, term = (
-            data["observations"],
-            data["actions"],
-            data["rewards"],
-            data["next_observations"],
-            data["terminals"],
-        )
         try:
             interval_start = time.perf_counter()
             interval_steps = 0
             for step in range(start_step + 1, cfg.steps + 1):
-                indices, weights = self.sampler.sample(step)
-                batch = Batch(obs[indices], act[indices], rew[indices], nobs[indices], term[indices], weights)
-                out = self.algo.update(batch)
+                indices, out = step_fn(step)  # sample -> gather -> update (eager or a CUDA graph)
                 if prioritized:
                     self.sampler.update_priorities(indices, out.td_error)
                 for name, value in out.metrics.items():
@@ -706,6 +708,7 @@ class Trainer:
             "batch_size": cfg.batch_size,
             "prioritized": cfg.prioritized,
             "device": str(self.device),
+            "accelerate": step_fn.mode,
             "wall_time_s": round(time.perf_counter() - wall_start, 3),
             "train_time_s": round(train_time, 3),
             "updates_per_s": round(steps_run / train_time, 3) if train_time > 0 else None,
@@ -816,6 +819,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the latest checkpoint in the run dir"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument(
+        "--accelerate",
+        choices=ACCEL_MODES,
+        help="CUDA: graph or compile the training step (overrides the config)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -838,6 +846,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         "steps": args.steps,
         "device": args.device,
         "seeds": _parse_seeds(args.seeds) if args.seeds else None,
+        "accelerate": getattr(args, "accelerate", None),
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_progress:

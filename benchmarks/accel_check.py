@@ -1,0 +1,137 @@
+"""Is the CUDA-graph step the same training as the eager step? (run on a CUDA machine)
+
+For each algorithm, from identical initial weights and sampler seeds: N eager steps vs N steps
+replayed from `offrl_robot.accel` graphs (and `compile`), then the largest weight difference,
+the last metrics, and a second graph run to check run-to-run determinism. Also checks that the
+warm-up needed for capture left no trace (the first replay starts from the initial weights).
+
+    python3 benchmarks/accel_check.py --steps 50 --seeds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from offrl_robot.accel import DATA_KEYS, make_update_step  # noqa: E402
+from offrl_robot.algos import REGISTRY  # noqa: E402
+from offrl_robot.replay import make_sampler  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import ACT_DIM, OBS_DIM, OURS_OVERRIDES, synthetic_data  # noqa: E402
+
+
+def train(name: str, mode: str, steps: int, seeds: int, prioritized: bool) -> tuple[dict, dict]:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    torch.cuda.manual_seed(0)
+    cls = REGISTRY[name]
+    algo = cls(OBS_DIM, ACT_DIM, seeds, cls.config_class(**OURS_OVERRIDES[name]), seeds=list(range(seeds)))
+    algo = algo.to(device).train()
+    arrays = synthetic_data(20_000)
+    data = {k: torch.from_numpy(arrays[k]).to(device) for k in DATA_KEYS}
+    sampler = make_sampler(
+        20_000, 256, list(range(seeds)), device, prioritized=prioritized, total_steps=steps
+    )
+    step_fn = make_update_step(algo, sampler, data, mode)
+    metrics = {}
+    for step in range(1, steps + 1):
+        indices, out = step_fn(step)
+        if prioritized:
+            sampler.update_priorities(indices, out.td_error)
+        metrics = {k: v.detach().cpu().clone() for k, v in out.metrics.items()}
+    torch.cuda.synchronize()
+    state = {k: v.detach().cpu().clone() for k, v in algo.state_dict().items()}
+    assert algo.num_updates == steps, (algo.num_updates, steps)
+    return state, metrics
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def trainer_check(steps: int) -> None:
+    """The Trainer's `accelerate: graph` against `none`: same weights, and its updates/s."""
+    import dataclasses
+    import tempfile
+
+    from offrl_robot.data.collect import collect
+    from offrl_robot.train import TrainConfig, Trainer
+
+    if "accelerate" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        print("trainer: TrainConfig has no `accelerate` field yet; skipped")
+        return
+    # Real ArmReach data with periodic evaluation, so the eval's RNG fork runs between replays.
+    data = collect("ArmReach-v0", "scripted-expert", episodes=40, seed=0, noise=0.1).dataset
+    print("| trainer algo | seeds | max abs dW graph vs none | updates/s none | updates/s graph | mode ran |")
+    print("|---|---|---|---|---|---|")
+    for algo, seeds in (("td3bc", [0]), ("cql", [0]), ("iql", [0, 1, 2])):
+        states, rates, modes = {}, {}, {}
+        for mode in ("none", "graph"):
+            with tempfile.TemporaryDirectory() as tmp:
+                config = TrainConfig(
+                    algo=algo,
+                    steps=steps,
+                    seeds=seeds,
+                    eval_every=0,
+                    log_every=steps,
+                    checkpoint_every=0,
+                    progress=False,
+                    device="cuda",
+                    accelerate=mode,
+                )
+                trainer = Trainer(config, dataset=data, run_dir=Path(tmp) / "run")
+                summary = trainer.fit()
+                states[mode] = {k: v.detach().cpu() for k, v in trainer.algo.state_dict().items()}
+                rates[mode], modes[mode] = summary["updates_per_s"], summary["accelerate"]
+        print(
+            f"| {algo} | {len(seeds)} | {max_diff(states['none'], states['graph']):.2e} | {rates['none']:.0f} | "
+            f"{rates['graph']:.0f} | {modes['graph']} |",
+            flush=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--algos", default="bc,iql,td3bc,cql,bcq")
+    parser.add_argument("--modes", default="graph,compile")
+    parser.add_argument("--trainer-steps", type=int, default=0, help="also check the Trainer (0 = skip)")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    print("| algo | mode | PER | max abs dW vs eager | max abs dW graph run 1 vs 2 | finite |")
+    print("|---|---|---|---|---|---|")
+    for name in args.algos.split(","):
+        for prioritized in (False, True) if REGISTRY[name].value_based else (False,):
+            ref, _ = train(name, "none", args.steps, args.seeds, prioritized)
+            for mode in args.modes.split(","):
+                if prioritized and mode == "compile":
+                    continue
+                try:
+                    a, metrics = train(name, mode, args.steps, args.seeds, prioritized)
+                    b, _ = train(name, mode, args.steps, args.seeds, prioritized)
+                    finite = all(torch.isfinite(v).all().item() for v in metrics.values())
+                    print(
+                        f"| {name} | {mode} | {prioritized} | {max_diff(ref, a):.2e} | {max_diff(a, b):.2e} | {finite} |",
+                        flush=True,
+                    )
+                except Exception as exc:
+                    print(
+                        f"| {name} | {mode} | {prioritized} | FAILED {type(exc).__name__}: {str(exc)[:200]} | | |"
+                    )
+    if args.trainer_steps:
+        trainer_check(args.trainer_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

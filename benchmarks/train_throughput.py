@@ -1,0 +1,423 @@
+"""Training throughput, offrl_robot vs d3rlpy 2.8.0, side by side in one run on one machine.
+
+Both train on the SAME synthetic Hopper-shaped data (obs 11, act 3, 100k transitions in
+episodes of 1,000 steps), batch 256, 256x256 actor/critic nets, and the hyper-parameters that
+change the cost of an update set equal (twin critics, CQL's 10 sampled actions and no Lagrange
+step, TD3+BC's actor every 2nd update, BCQ's 10 target candidates and 750x750 VAE).
+
+What is timed is one training-loop step as each library's own `fit` runs it, logging excluded:
+  ours    sample indices on the device -> gather -> `update` -> add metrics to on-device sums
+          (`offrl_robot.accel.make_update_step`, exactly the Trainer's hot path)
+  d3rlpy  `sample_transition_batch` -> `update` (which converts the batch to tensors and returns
+          float metrics), i.e. the body of `d3rlpy ... fit()`
+plus, for reference, d3rlpy's `update` alone on pre-sampled batches ("d3rlpy upd-only").
+Warm-up steps (and any graph capture / torch.compile) are excluded. On a shared CPU the two
+libraries are measured in alternating rounds and the median round is reported, so a load
+spike from another job hits both columns alike.
+
+    .venv/bin/python benchmarks/train_throughput.py --device cpu --steps 300
+    python3 benchmarks/train_throughput.py --device cuda --steps 2000   # on the GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from offrl_robot.accel import DATA_KEYS, make_update_step  # noqa: E402
+from offrl_robot.algos import REGISTRY  # noqa: E402
+from offrl_robot.replay import UniformSampler  # noqa: E402
+
+ALGOS = ("bc", "iql", "td3bc", "cql", "bcq")
+OBS_DIM, ACT_DIM, BATCH, HIDDEN = 11, 3, 256, (256, 256)
+BCQ_VAE_HIDDEN = (750, 750)
+EPISODE_LENGTH = 1000
+
+# Cost-relevant hyper-parameters, equal on both sides (see the module docstring).
+OURS_OVERRIDES: dict[str, dict[str, Any]] = {
+    "bc": {"loss": "mse"},
+    "iql": {},
+    "td3bc": {"policy_freq": 2},
+    "cql": {"num_sampled_actions": 10, "lagrange": False},
+    "bcq": {"num_target_samples": 10, "vae_hidden_sizes": BCQ_VAE_HIDDEN},
+}
+
+
+def synthetic_data(num_transitions: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Hopper-shaped random transitions: standard-normal observations, actions in [-1, 1],
+    episodes of EPISODE_LENGTH steps, every 4th episode ending in a true terminal."""
+    rng = np.random.default_rng(seed)
+    n = num_transitions
+    obs = rng.standard_normal((n + 1, OBS_DIM)).astype(np.float32)
+    ends = np.zeros(n, dtype=np.float32)
+    ends[EPISODE_LENGTH - 1 :: EPISODE_LENGTH] = 1.0
+    ends[-1] = 1.0
+    terminals = np.zeros(n, dtype=np.float32)
+    end_index = np.flatnonzero(ends)
+    terminals[end_index[::4]] = 1.0
+    return {
+        "observations": obs[:-1],
+        "next_observations": obs[1:],
+        "actions": rng.uniform(-1.0, 1.0, (n, ACT_DIM)).astype(np.float32),
+        "rewards": rng.standard_normal(n).astype(np.float32),
+        "terminals": terminals,
+        "timeouts": ends * (1.0 - terminals),
+    }
+
+
+# ------------------------------------------------------------------------------------- ours
+def make_ours(
+    algo_name: str, arrays: dict[str, np.ndarray], device: torch.device, seeds: int, accel: str
+) -> Callable[[], None]:
+    """One Trainer-style step of our algorithm (S = `seeds` vectorised seeds)."""
+    cls = REGISTRY[algo_name]
+    config = cls.config_class(batch_size=BATCH, hidden_sizes=HIDDEN, **OURS_OVERRIDES[algo_name])
+    algo = cls(OBS_DIM, ACT_DIM, seeds, config, seeds=list(range(seeds))).to(device)
+    algo.train()
+    data = {k: torch.from_numpy(arrays[k]).to(device) for k in DATA_KEYS}
+    sampler = UniformSampler(len(arrays["rewards"]), BATCH, list(range(seeds)), device)
+    step_fn = make_update_step(algo, sampler, data, accel)
+    sums: dict[str, torch.Tensor] = {}
+    counter = [0]
+
+    def step() -> None:
+        counter[0] += 1
+        _, out = step_fn(counter[0])
+        for name, value in out.metrics.items():  # the Trainer's on-device metric sums
+            if name in sums:
+                sums[name] += value
+            else:
+                sums[name] = value.clone()
+
+    return step
+
+
+# ----------------------------------------------------------------------------------- d3rlpy
+def make_d3rlpy(
+    algo_name: str, arrays: dict[str, np.ndarray], device: torch.device, compile_graph: bool
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(fit-loop step, update-only step) of d3rlpy's same algorithm with matched cost knobs."""
+    import d3rlpy
+    from d3rlpy.models.encoders import VectorEncoderFactory
+
+    d3rlpy.seed(0)
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=arrays["observations"],
+        actions=arrays["actions"],
+        rewards=arrays["rewards"],
+        terminals=arrays["terminals"],
+        timeouts=arrays["timeouts"],
+    )
+    enc = VectorEncoderFactory(hidden_units=list(HIDDEN))
+    common = {"batch_size": BATCH, "compile_graph": compile_graph}
+    algos = d3rlpy.algos
+    if algo_name == "bc":
+        config: Any = algos.BCConfig(policy_type="deterministic", encoder_factory=enc, **common)
+    elif algo_name == "iql":
+        config = algos.IQLConfig(
+            n_critics=2,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            value_encoder_factory=enc,
+            **common,
+        )
+    elif algo_name == "td3bc":
+        config = algos.TD3PlusBCConfig(
+            n_critics=2,
+            update_actor_interval=2,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            **common,
+        )
+    elif algo_name == "cql":
+        config = algos.CQLConfig(
+            n_critics=2,
+            n_action_samples=10,
+            alpha_learning_rate=0.0,  # ours runs without the Lagrange step by default
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            **common,
+        )
+    elif algo_name == "bcq":
+        config = algos.BCQConfig(
+            n_critics=2,
+            n_action_samples=10,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+            imitator_encoder_factory=VectorEncoderFactory(hidden_units=list(BCQ_VAE_HIDDEN)),
+            **common,
+        )
+    else:
+        raise ValueError(algo_name)
+    d3_device = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu:0"
+    algo = config.create(device=d3_device)
+    algo.build_with_dataset(dataset)
+    presampled = [dataset.sample_transition_batch(BATCH) for _ in range(16)]
+    counter = [0]
+
+    def fit_step() -> None:
+        algo.update(dataset.sample_transition_batch(BATCH))
+
+    def update_only() -> None:
+        counter[0] += 1
+        algo.update(presampled[counter[0] % len(presampled)])
+
+    return fit_step, update_only
+
+
+# ------------------------------------------------------------------------------------ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Contender:
+    label: str
+    build: Callable[[], Callable[[], None]]
+    step: Callable[[], None] | None = None
+    rates: list[float] = field(default_factory=list)
+    cpu_rates: list[float] = field(default_factory=list)  # updates per CPU-second of this process
+    setup_s: float = 0.0
+    error: str | None = None
+
+
+def run_rounds(
+    contenders: list[Contender],
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    max_round_s: float,
+) -> None:
+    """Build + warm up each contender, then time `rounds` alternating rounds of steps/rounds each."""
+    for c in contenders:
+        try:
+            t0 = time.perf_counter()
+            c.step = c.build()
+            for _ in range(warmup):
+                c.step()
+            _sync(device)
+            c.setup_s = time.perf_counter() - t0
+        except Exception as exc:  # a peer failing must not hide the other numbers
+            c.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            print(f"  {c.label}: FAILED {c.error}", flush=True)
+    per_round = max(1, steps // rounds)
+    for _ in range(rounds):
+        for c in contenders:
+            if c.step is None:
+                continue
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            done = 0
+            # A slow contender stops early at the per-round time cap; the host clock needs no
+            # sync here (the launch queue bounds how far the host runs ahead of the GPU).
+            while done < per_round and (done % 10 or time.perf_counter() - t0 < max_round_s):
+                c.step()
+                done += 1
+            _sync(device)
+            c.rates.append(done / (time.perf_counter() - t0))
+            c.cpu_rates.append(done / max(time.process_time() - c0, 1e-9))
+
+
+def build_contenders(
+    name: str, arrays: dict[str, np.ndarray], device: torch.device, *, peer: bool, compiled: bool
+) -> list[Contender]:
+    """Ours (eager; on CUDA also graph and compile) and d3rlpy (eager, update-only, compile_graph)."""
+    cuda = device.type == "cuda"
+    modes = ["none", "graph", *(["compile"] if compiled else [])] if cuda else ["none"]
+    contenders = [
+        Contender(f"ours {m}", functools.partial(make_ours, name, arrays, device, 1, m)) for m in modes
+    ]
+    if not peer:
+        return contenders
+    update_only: dict[str, Callable[[], None]] = {}
+
+    def build_peer(compile_graph: bool) -> Callable[[], None]:
+        fit_step, update_step = make_d3rlpy(name, arrays, device, compile_graph)
+        update_only[str(compile_graph)] = update_step
+        return fit_step
+
+    contenders.append(Contender("d3rlpy eager", functools.partial(build_peer, False)))
+    contenders.append(Contender("d3rlpy upd-only", lambda: update_only["False"]))
+    if cuda and compiled:
+        contenders.append(Contender("d3rlpy compile_graph", functools.partial(build_peer, True)))
+    return contenders
+
+
+def median(c: Contender) -> float | None:
+    return statistics.median(c.rates) if c.rates else None
+
+
+def fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=300, help="timed updates per contender")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed updates first (default 10 cpu / 50 cuda)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median reported)")
+    parser.add_argument("--max-round-s", type=float, default=20.0, help="stop a slow contender's round early")
+    parser.add_argument("--algos", default=",".join(ALGOS))
+    parser.add_argument("--vector-seeds", type=int, default=8, help="S of the vectorised CQL row (0 = skip)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads, same for both (0 = default)"
+    )
+    parser.add_argument("--transitions", type=int, default=100_000)
+    parser.add_argument("--no-peer", action="store_true", help="skip d3rlpy (ours only)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="cuda: skip the compile rows (ours and d3rlpy)"
+    )
+    parser.add_argument(
+        "--tf32", action="store_true", help="cuda: TF32 matmuls for BOTH libraries (default fp32)"
+    )
+    parser.add_argument("--json", type=Path, help="also write all numbers here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    warmup = args.warmup if args.warmup is not None else (50 if device.type == "cuda" else 10)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    unknown = sorted(set(algos) - set(ALGOS))
+    if unknown:
+        print(f"error: unknown --algos {unknown}; choose from {', '.join(ALGOS)}", file=sys.stderr)
+        return 2
+    arrays = synthetic_data(args.transitions)
+    cuda = device.type == "cuda"
+    d3_version = "not run"
+    if not args.no_peer:
+        import d3rlpy
+
+        d3_version = d3rlpy.__version__
+    machine = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
+    header = (
+        f"# {machine}; torch {torch.__version__}; python {platform.python_version()}; d3rlpy {d3_version}; "
+        f"threads {torch.get_num_threads()}; {'TF32' if args.tf32 else 'fp32'} matmuls; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+        f"# obs {OBS_DIM}, act {ACT_DIM}, batch {BATCH}, nets {HIDDEN[0]}x{HIDDEN[1]}, "
+        f"{args.transitions} transitions; {args.steps} timed updates in {args.rounds} rounds, {warmup} warm-up"
+    )
+    print(header, flush=True)
+
+    rows: list[dict[str, Any]] = []
+    for name in algos:
+        print(f"{name} ...", flush=True)
+        contenders = build_contenders(
+            name, arrays, device, peer=not args.no_peer, compiled=not args.no_compile
+        )
+        run_rounds(contenders, device, args.steps, warmup, args.rounds, args.max_round_s)
+        row = {"algo": name, "seeds": 1}
+        for c in contenders:
+            row[c.label] = median(c)
+            row[c.label + " per_cpu_s"] = statistics.median(c.cpu_rates) if c.cpu_rates else None
+            row[c.label + " setup_s"] = round(c.setup_s, 1)
+            if c.error:
+                row[c.label + " error"] = c.error
+        rows.append(row)
+        print(
+            "  " + ", ".join(f"{c.label}: {fmt(median(c))}/s (setup {c.setup_s:.0f} s)" for c in contenders),
+            flush=True,
+        )
+        if args.json:  # written as we go: a run cut short still leaves its finished rows
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+        if name == "cql" and args.vector_seeds > 1:
+            s = args.vector_seeds
+            modes = (["graph"] + ([] if args.no_compile else ["compile"])) if cuda else ["none"]
+            vec = [
+                Contender(f"ours {m}", functools.partial(make_ours, "cql", arrays, device, s, m))
+                for m in modes
+            ]
+            run_rounds(vec, device, args.steps, warmup, args.rounds, args.max_round_s)
+            vec_row: dict[str, Any] = {"algo": f"cql x{s} seeds", "seeds": s}
+            for c in vec:
+                vec_row[c.label] = median(c)
+                if c.error:
+                    vec_row[c.label + " error"] = c.error
+                print(f"  cql x{s} seeds, {c.label}: {fmt(median(c))} updates/s", flush=True)
+            rows.append(vec_row)
+        del contenders
+        if cuda:
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------------------ table
+    ours_best_label = "ours graph" if cuda else "ours none"
+    cols = ["ours none"] + (["ours graph"] + ([] if args.no_compile else ["ours compile"]) if cuda else [])
+    peer_cols = [] if args.no_peer else ["d3rlpy eager", "d3rlpy upd-only"]
+    if cuda and not args.no_peer and not args.no_compile:
+        peer_cols.append("d3rlpy compile_graph")
+    print("\n## Updates/s (median of rounds; seed-updates/s = updates/s x S)")
+    titles = {"ours none": "ours eager", "ours graph": "ours graph", "ours compile": "ours compile"}
+    head = ["algo", *[titles[c] for c in cols], *peer_cols]
+    if peer_cols:
+        head += ["ours/d3rlpy eager"] + (
+            ["ours/d3rlpy compiled"] if "d3rlpy compile_graph" in peer_cols else []
+        )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        s = row["seeds"]
+        cells = [row["algo"]]
+        for c in cols + peer_cols:
+            v = row.get(c)
+            cells.append(fmt(v) + (f" ({fmt(v * s)} seed-upd/s)" if v is not None and s > 1 else ""))
+        if peer_cols and s == 1:
+            ours = row.get(ours_best_label) or row.get("ours none")
+            for peer in ["d3rlpy eager"] + (
+                ["d3rlpy compile_graph"] if "d3rlpy compile_graph" in peer_cols else []
+            ):
+                theirs = row.get(peer)
+                cells.append(f"{ours / theirs:.2f}x" if ours and theirs else "—")
+        elif peer_cols:
+            cells += ["—"] * (len(head) - len(cells))
+        print("| " + " | ".join(cells) + " |")
+    if not cuda and peer_cols:
+        # On a CPU shared with other jobs, wall time depends on their load; CPU time of this
+        # process (both libraries run single-threaded here) is the fairer cost measure.
+        print("\n## Updates per CPU-second of this process (process_time; insensitive to other jobs' load)")
+        print("| algo | ours eager | d3rlpy eager | ours/d3rlpy |")
+        print("|---|---|---|---|")
+        for row in rows:
+            if row["seeds"] != 1:
+                continue
+            ours, theirs = row.get("ours none per_cpu_s"), row.get("d3rlpy eager per_cpu_s")
+            ratio = f"{ours / theirs:.2f}x" if ours and theirs else "—"
+            print(f"| {row['algo']} | {fmt(ours)} | {fmt(theirs)} | {ratio} |")
+    errors = {k: v for row in rows for k, v in row.items() if k.endswith(" error")}
+    for row in rows:
+        for k, v in row.items():
+            if k.endswith(" error"):
+                print(f"note: {row['algo']} {k[:-6]} failed: {v}")
+    if not errors:
+        print("(no contender failed)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""offrl_robot.accel on the CPU: the fallback, the mode check, and the exactness machinery the
+CUDA capture relies on (snapshot -> warm-up -> restore must leave no trace). The CUDA graph path
+itself is checked on a GPU machine by benchmarks/accel_check.py (bit-equal to eager there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from offrl_robot.accel import (
+    EagerStep,
+    _LearningState,
+    gather_batch,
+    make_update_step,
+    update_period,
+)
+from offrl_robot.algos import REGISTRY
+from offrl_robot.errors import ConfigError
+from offrl_robot.replay import UniformSampler
+
+OBS, ACT, N = 5, 2, 400
+
+
+def _data() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "observations": torch.randn(N, OBS, generator=gen),
+        "actions": torch.rand(N, ACT, generator=gen) * 2 - 1,
+        "rewards": torch.randn(N, generator=gen),
+        "next_observations": torch.randn(N, OBS, generator=gen),
+        "terminals": (torch.rand(N, generator=gen) < 0.05).float(),
+    }
+
+
+def _algo(name: str, seeds: int = 2) -> torch.nn.Module:
+    cls = REGISTRY[name]
+    extra = {"vae_hidden_sizes": (16, 16)} if name == "bcq" else {}
+    return cls(OBS, ACT, seeds, cls.config_class(batch_size=8, hidden_sizes=(16, 16), **extra))
+
+
+def _train(step_fn, steps: int) -> None:
+    for step in range(1, steps + 1):
+        step_fn(step)
+
+
+def _weights(algo: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in algo.state_dict().items()}
+
+
+def test_unknown_mode_is_a_config_error() -> None:
+    algo = _algo("bc")
+    with pytest.raises(ConfigError, match="accelerate"):
+        make_update_step(algo, UniformSampler(N, 8, [0, 1]), _data(), "fast")
+
+
+@pytest.mark.parametrize("mode", ["none", "graph", "compile"])
+def test_cpu_falls_back_to_eager_and_matches_plain_updates(mode: str) -> None:
+    torch.manual_seed(0)
+    algo = _algo("td3bc")
+    step_fn = make_update_step(algo, UniformSampler(N, 8, [0, 1]), _data(), mode)
+    assert isinstance(step_fn, EagerStep)
+    _train(step_fn, 4)
+
+    torch.manual_seed(0)
+    reference = _algo("td3bc")
+    sampler, data = UniformSampler(N, 8, [0, 1]), _data()
+    for step in range(1, 5):
+        indices, weights = sampler.sample(step)
+        reference.update(gather_batch(data, indices, weights))
+    got, want = _weights(algo), _weights(reference)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert algo.num_updates == 4
+
+
+def test_update_period_follows_td3bc_policy_freq() -> None:
+    assert update_period(_algo("td3bc")) == 2
+    assert update_period(_algo("cql")) == 1
+
+
+@pytest.mark.parametrize("name", ["bc", "iql", "td3bc", "cql", "bcq"])
+def test_warmup_then_restore_leaves_no_trace(name: str) -> None:
+    """What GraphStep does around capture: snapshot, run real warm-up steps, restore in place.
+    Training afterwards must equal training an untouched model, bit for bit."""
+    data = _data()
+    torch.manual_seed(1)
+    algo = _algo(name)
+    sampler = UniformSampler(N, 8, [0, 1])
+    snapshot = _LearningState(algo, [torch.default_generator, *sampler.generators])
+    _train(EagerStep(algo, sampler, data), 3)  # warm-up: weights, Adam moments, RNG all move
+    snapshot.restore()
+    _train(EagerStep(algo, sampler, data), 5)
+
+    torch.manual_seed(1)
+    fresh = _algo(name)
+    _train(EagerStep(fresh, UniformSampler(N, 8, [0, 1]), data), 5)
+    got, want = _weights(algo), _weights(fresh)
+    assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert algo.num_updates == fresh.num_updates == 5
+
+
+# ------------------------------------------------------------------------------ Trainer wiring
+def _synthetic_dataset(n: int = 300):
+    import numpy as np
+
+    from offrl_robot.data.dataset import Dataset, DatasetMetadata
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, OBS)).astype(np.float32)
+    starts = np.zeros(n, bool)
+    starts[::50] = True
+    meta = DatasetMetadata(
+        [f"o{i}" for i in range(OBS)], [f"a{i}" for i in range(ACT)], [-2.0] * ACT, [2.0] * ACT, 50.0
+    )
+    return Dataset(
+        obs,
+        rng.uniform(-2, 2, (n, ACT)),
+        rng.normal(size=n),
+        obs + 0.01,
+        np.zeros(n),
+        np.zeros(n),
+        starts,
+        meta,
+    )
+
+
+def _train_config(**overrides):
+    from offrl_robot.train import TrainConfig
+
+    values = dict(
+        algo="td3bc",
+        algo_config={"hidden_sizes": [16, 16]},
+        steps=6,
+        seeds=[0, 1],
+        batch_size=8,
+        eval_every=0,
+        log_every=3,
+        checkpoint_every=0,
+        progress=False,
+        threads=1,
+    )
+    return TrainConfig(**(values | overrides))
+
+
+def test_train_config_rejects_an_unknown_accelerate_mode() -> None:
+    with pytest.raises(ConfigError, match="accelerate"):
+        _train_config(accelerate="turbo")
+
+
+def test_trainer_on_cpu_with_graph_requested_trains_exactly_like_eager(tmp_path) -> None:
+    """accelerate: graph on a CPU device falls back to eager: same weights, bit for bit, and
+    the summary says which mode actually ran."""
+    from offrl_robot.train import Trainer
+
+    data = _synthetic_dataset()
+    runs = {}
+    for mode in ("none", "graph"):
+        trainer = Trainer(_train_config(accelerate=mode), dataset=data, run_dir=tmp_path / mode)
+        summary = trainer.fit()
+        assert summary["accelerate"] == "none"
+        runs[mode] = _weights(trainer.algo)
+    assert all(torch.equal(runs["none"][k], runs["graph"][k]) for k in runs["none"])
