@@ -628,6 +628,18 @@ def _parity_dataset_observations(facts: CheckpointFacts, dataset: Any | None) ->
     return dataset.observations
 
 
+def write_model_and_card(out: Path, model_bytes: bytes, card_bytes: bytes) -> Path:
+    """Write NAME.onnx and NAME.card.yaml together or not at all; return the card's path."""
+    card_path = card_path_for(out)
+    try:
+        atomic_write_group({out: model_bytes, card_path: card_bytes})
+    except OSError as err:
+        raise ConfigError(
+            f"--out {out}: cannot write there ({err.strerror}); choose a writable folder"
+        ) from None
+    return card_path
+
+
 def export_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -688,13 +700,7 @@ def export_checkpoint(
     }
     card = ModelCard(model=out.name, sha256=sha256, metadata=metadata, training=training)
     card_bytes = _card_bytes_checked_by_runtime(out, model_bytes, card, observations[0])
-    card_path = card_path_for(out)
-    try:
-        atomic_write_group({out: model_bytes, card_path: card_bytes})
-    except OSError as err:
-        raise ConfigError(
-            f"--out {out}: cannot write there ({err.strerror}); choose a writable folder"
-        ) from None
+    card_path = write_model_and_card(out, model_bytes, card_bytes)
     return ExportResult(
         model_path=out,
         card_path=card_path,

@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.dynamics import ALGORITHM_NAME, DynamicsEnsemble, load_dynamics
-from offrl_robot.atomic import atomic_write_group
 from offrl_robot.card import ModelCard, bytes_sha256, card_path_for, write_metadata_props
 from offrl_robot.errors import ConfigError, ModelError
 from offrl_robot.export import (
@@ -46,6 +45,7 @@ from offrl_robot.export import (
     parity_observations,
     read_checkpoint,
     training_summary,
+    write_model_and_card,
 )
 
 ACTION_INPUT = "action"
@@ -221,13 +221,7 @@ def export_dynamics(
     training["mpc"] = mpc_config.to_dict()
     card = ModelCard(model=out.name, sha256=sha256, metadata=metadata, training=training)
     card_bytes = _card_bytes_checked_by_controller(out, model_bytes, card, observations[0])
-    card_path = card_path_for(out)
-    try:
-        atomic_write_group({out: model_bytes, card_path: card_bytes})
-    except OSError as err:
-        raise ConfigError(
-            f"--out {out}: cannot write there ({err.strerror}); choose a writable folder"
-        ) from None
+    card_path = write_model_and_card(out, model_bytes, card_bytes)
     return ExportResult(
         model_path=out,
         card_path=card_path,

@@ -39,10 +39,7 @@ import numpy as np
 from offrl_robot.card import (
     ModelCard,
     ModelMetadata,
-    bytes_sha256,
     card_path_for,
-    metadata_mismatch,
-    read_metadata_props,
 )
 from offrl_robot.errors import ConfigError, ModelError
 
@@ -387,30 +384,16 @@ class MPCController:
         expected_action_names: Sequence[str] | None = None,
         config: MPCConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        import onnxruntime as ort
+        from offrl_robot.runtime import _check_finite_constants, _check_names, load_verified, make_session
 
-        from offrl_robot.runtime import _check_finite_constants, _check_names, _parse_onnx
-
-        path = Path(onnx_path)
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise ModelError(
-                f"{path}: cannot read the dynamics model ({err.strerror}); check the path"
-            ) from None
-        model = _parse_onnx(data, path)
-        card_file = Path(card_path) if card_path is not None else card_path_for(path)
-        card = ModelCard.read(card_file)
-        if bytes_sha256(data) != card.sha256:
-            raise ModelError(
-                f"{path}: sha256 does not match {card_file.name}; the model or card was changed, export again"
-            )
-        props = read_metadata_props(model, str(path))
-        field_name = metadata_mismatch(card.metadata, props)
-        if field_name is not None:
-            raise ModelError(
-                f"{path}: metadata_props {field_name!r} disagrees with {card_file.name}; export again"
-            )
+        verified = load_verified(onnx_path, card_path)
+        path, card_file, card, props, model = (
+            verified.path,
+            verified.card_path,
+            verified.card,
+            verified.metadata,
+            verified.model,
+        )
         if props.algorithm != DYNAMICS_ALGORITHM:
             raise ModelError(
                 f"{path}: is a {props.algorithm!r} policy, not a dynamics model; load it with PolicyRuntime"
@@ -426,16 +409,7 @@ class MPCController:
             settings.update(dict(config or {}))
             self.config = MPCConfig.from_dict(settings, source=f"{card_file} training.mpc")
         reward_fn = resolve_reward(self.config.reward)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"{path}: onnxruntime cannot load the dynamics model ({first})") from None
+        session = make_session(verified.data, path, threads=self.config.threads)
         self.path = path
         self.card_path = card_file
         self.card = card

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,65 @@ def _check_names(kind: str, expected: Sequence[str] | None, actual: list[str], p
     raise ModelError(f"{path}: {kind} {j} is {actual[j]!r} in the model but {expected[j]!r} in the config")
 
 
+@dataclass
+class VerifiedModel:
+    """An ONNX file whose bytes match its card's sha256 and whose metadata_props match the card."""
+
+    path: Path
+    card_path: Path
+    data: bytes
+    model: onnx.ModelProto
+    card: ModelCard
+    metadata: ModelMetadata
+
+
+def load_verified(
+    onnx_path: str | os.PathLike[str], card_path: str | os.PathLike[str] | None = None
+) -> VerifiedModel:
+    """Read NAME.onnx + its card and check them against each other, before anything runs it.
+
+    The single place that decides whether a model file is the one its card describes; every
+    loader (PolicyRuntime, the MPC controller) starts here, then adds its own I/O checks.
+    """
+    path = Path(onnx_path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found; check the path or export it first") from None
+    except OSError as err:
+        raise ModelError(f"{path}: cannot read model file ({err.strerror})") from None
+    model = _parse_onnx(data, path)
+    card_file = Path(card_path) if card_path is not None else card_path_for(path)
+    card = ModelCard.read(card_file)
+    digest = bytes_sha256(data)
+    if digest != card.sha256:
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}... does not match {card_file.name} ({card.sha256[:12]}...); the model or card was changed, export again"
+        )
+    props = read_metadata_props(model, str(path))
+    field_name = metadata_mismatch(card.metadata, props)
+    if field_name is not None:
+        raise ModelError(
+            f"{path}: metadata_props {field_name!r} disagrees with {card_file.name}; export again"
+        )
+    return VerifiedModel(path, card_file, data, model, card, props)
+
+
+def make_session(data: bytes, path: Path, threads: int = 1) -> ort.InferenceSession:
+    """A sequential CPU onnxruntime session with `threads` intra-op threads (1 for a control loop:
+    no thread hand-off jitter), or a one-line ModelError when onnxruntime rejects the graph."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for bad graphs
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"{path}: onnxruntime cannot load the model ({first})") from None
+
+
 class PolicyRuntime:
     """A verified ONNX policy: `act(observation_1d) -> action_1d` in physical units.
 
@@ -161,42 +221,19 @@ class PolicyRuntime:
         expected_observation_names: Sequence[str] | None = None,
         expected_action_names: Sequence[str] | None = None,
     ):
-        path = Path(onnx_path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ModelError(f"{path}: model file not found; check the path or export it first") from None
-        except OSError as err:
-            raise ModelError(f"{path}: cannot read model file ({err.strerror})") from None
-        model = _parse_onnx(data, path)
-        card_file = Path(card_path) if card_path is not None else card_path_for(path)
-        card = ModelCard.read(card_file)
-        digest = bytes_sha256(data)
-        if digest != card.sha256:
-            raise ModelError(
-                f"{path}: sha256 {digest[:12]}... does not match {card_file.name} ({card.sha256[:12]}...); the model or card was changed, export again"
-            )
-        props = read_metadata_props(model, str(path))
-        field_name = metadata_mismatch(card.metadata, props)
-        if field_name is not None:
-            raise ModelError(
-                f"{path}: metadata_props {field_name!r} disagrees with {card_file.name}; export again"
-            )
+        verified = load_verified(onnx_path, card_path)
+        path, card_file, card, props, model = (
+            verified.path,
+            verified.card_path,
+            verified.card,
+            verified.metadata,
+            verified.model,
+        )
         _check_io(model, props, path)
         _check_finite_constants(model, path)  # a broken file first, then "not for this robot"
         _check_names("observation", expected_observation_names, props.observation_names, path)
         _check_names("action", expected_action_names, props.action_names, path)
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for bad graphs
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"{path}: onnxruntime cannot load the model ({first})") from None
+        session = make_session(verified.data, path, threads=1)
 
         self.path = path
         self.card_path = card_file
