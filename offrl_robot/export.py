@@ -473,14 +473,11 @@ def _argmax_tie_rows(
     return ties
 
 
-def check_parity(
-    module: PhysicalUnitsPolicy,
-    model_bytes: bytes,
-    observations: np.ndarray,
-    dataset_samples: int,
-    tolerance: float = PARITY_TOLERANCE,
-) -> ParityReport:
-    """torch vs onnxruntime on every row (one batch) and on a few rows alone (batch = 1)."""
+def run_in_onnxruntime(
+    model_bytes: bytes, feeds: list[dict[str, np.ndarray]], output_names: list[str], what: str
+) -> list[list[np.ndarray]]:
+    """Run an in-memory graph once per feed (1 thread, quiet): the onnxruntime side of every
+    parity check. A graph onnxruntime cannot load or run is a one-line ModelError naming `what`."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -489,16 +486,25 @@ def check_parity(
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        batch_out = session.run([OUTPUT_NAME], {INPUT_NAME: observations})[0]
-        single_out = np.concatenate(
-            [
-                session.run([OUTPUT_NAME], {INPUT_NAME: observations[i : i + 1]})[0]
-                for i in range(SINGLE_ROW_CHECKS)
-            ]
-        )
+        return [session.run(output_names, feed) for feed in feeds]
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"onnxruntime cannot run the exported graph: {first}") from err
+        raise ModelError(f"onnxruntime cannot run the {what}: {first}") from err
+
+
+def check_parity(
+    module: PhysicalUnitsPolicy,
+    model_bytes: bytes,
+    observations: np.ndarray,
+    dataset_samples: int,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ParityReport:
+    """torch vs onnxruntime on every row (one batch) and on a few rows alone (batch = 1)."""
+    feeds = [{INPUT_NAME: observations}]
+    feeds += [{INPUT_NAME: observations[i : i + 1]} for i in range(SINGLE_ROW_CHECKS)]
+    runs = run_in_onnxruntime(model_bytes, feeds, [OUTPUT_NAME], "exported graph")
+    batch_out = runs[0][0]
+    single_out = np.concatenate([outputs[0] for outputs in runs[1:]])
     with torch.no_grad():
         reference = module(torch.from_numpy(observations)).numpy()
     if not np.isfinite(reference).all():

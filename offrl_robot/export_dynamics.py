@@ -44,6 +44,7 @@ from offrl_robot.export import (
     metadata_for,
     parity_observations,
     read_checkpoint,
+    run_in_onnxruntime,
     training_summary,
     write_model_and_card,
 )
@@ -114,18 +115,15 @@ def check_dynamics_parity(
     tolerance: float = DYNAMICS_PARITY_TOLERANCE,
 ) -> ParityReport:
     """torch vs onnxruntime on every output, in observation-std / reward-std units."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        got = session.run(list(OUTPUTS), {OBSERVATION_INPUT: observations, ACTION_INPUT: actions})
-        single = session.run(list(OUTPUTS), {OBSERVATION_INPUT: observations[:1], ACTION_INPUT: actions[:1]})
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"onnxruntime cannot run the exported dynamics graph: {first}") from err
+    got, single = run_in_onnxruntime(
+        model_bytes,
+        [
+            {OBSERVATION_INPUT: observations, ACTION_INPUT: actions},
+            {OBSERVATION_INPUT: observations[:1], ACTION_INPUT: actions[:1]},
+        ],
+        list(OUTPUTS),
+        "exported dynamics graph",
+    )
     with torch.no_grad():
         reference = [t.numpy() for t in module(torch.from_numpy(observations), torch.from_numpy(actions))]
     if not all(np.isfinite(r).all() for r in reference):
