@@ -628,6 +628,8 @@ class Trainer:
 
             self.facts = task_info(self.task)
         self.algo = self._build_algo()
+        if self._resume_state is None:  # on resume the checkpoint restores what prepare() built
+            self.algo.prepare(self.dataset)
         self.algo.train()
         self.sampler: Sampler = make_sampler(
             len(self.dataset),

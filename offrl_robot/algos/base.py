@@ -94,6 +94,14 @@ class Algorithm(nn.Module):
         if len(self.seeds) != num_seeds:
             raise ValueError(f"got {len(self.seeds)} seed values for num_seeds={num_seeds}")
 
+    def prepare(self, dataset: Any) -> None:
+        """Called by the Trainer once on a fresh run, after construction and before the first
+        update, with the run's dataset (physical units), inside the run's thread setting; not
+        called on resume (the checkpoint's module state already holds whatever this built).
+
+        Why: some learners need a model of the data before their first step (MOPO fits its
+        dynamics ensemble here, `offrl_robot.algos.mopo`). Default: nothing."""
+
     def update(self, batch: Batch) -> UpdateOutput:
         """One gradient step for all seeds (critic, actor, target nets, temperature...)."""
         raise NotImplementedError

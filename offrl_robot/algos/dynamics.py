@@ -253,12 +253,15 @@ def fit_dynamics(
         raise ConfigError(
             f"dataset {dataset_name!r} has {len(dataset)} transitions; dynamics needs at least 20"
         )
+    from offrl_robot.train import resolve_device
+
+    device = resolve_device(config.device)
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(seed)
     try:
-        return _fit(config, algo_config, dataset, dataset_name, seed, run_dir, write)
+        return _fit(config, algo_config, dataset, dataset_name, seed, run_dir, write, device)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -271,6 +274,7 @@ def _fit(
     seed: int,
     run_dir: str | Path | None,
     write: bool,
+    device: torch.device,
 ) -> FitResult:
     # The Trainer's helpers: one normaliser floor, one run-dir naming, one checkpoint layout.
     from offrl_robot.train import CHECKPOINT_FORMAT, OBS_STD_FLOOR, checkpoint_dir, list_checkpoints
@@ -294,15 +298,17 @@ def _fit(
 
     model = DynamicsEnsemble(dataset.observation_dim, dataset.action_dim, algo_config, seed)
     model.set_normalisers(obs_mean, obs_std, low, high, target_mean, target_std)
+    model.to(device)
     with torch.no_grad():
         inputs = model.normalise_inputs(
-            torch.from_numpy(dataset.observations.astype(np.float32)),
-            torch.from_numpy(dataset.actions.astype(np.float32)),
+            torch.from_numpy(dataset.observations.astype(np.float32)).to(device),
+            torch.from_numpy(dataset.actions.astype(np.float32)).to(device),
         )
-    norm_targets = torch.from_numpy(((targets - target_mean) / target_std).astype(np.float32))
-    x_train, y_train = inputs[train_idx], norm_targets[train_idx]
-    x_hold = inputs[hold_idx].unsqueeze(0).expand(model.members, -1, -1)
-    y_hold = norm_targets[hold_idx].unsqueeze(0)
+    norm_targets = torch.from_numpy(((targets - target_mean) / target_std).astype(np.float32)).to(device)
+    train_rows, hold_rows = torch.from_numpy(train_idx).to(device), torch.from_numpy(hold_idx).to(device)
+    x_train, y_train = inputs[train_rows], norm_targets[train_rows]
+    x_hold = inputs[hold_rows].unsqueeze(0).expand(model.members, -1, -1)
+    y_hold = norm_targets[hold_rows].unsqueeze(0)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=algo_config.learning_rate, weight_decay=algo_config.weight_decay
@@ -310,16 +316,17 @@ def _fit(
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 0xBA]).generate_state(1)[0]))
     batch = min(config.batch_size, len(train_idx))
     steps_per_epoch = max(1, len(train_idx) // batch)
-    best = torch.full((model.members,), float("inf"))
+    best = torch.full((model.members,), float("inf"), device=device)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rows: list[dict[str, Any]] = []
     step, epoch, stale = 0, 0, 0
     stop_reason = "max_epochs"
     while epoch < algo_config.max_epochs:
         model.train()
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):
-            idx = torch.randint(len(train_idx), (model.members, batch), generator=generator)
+            # Indices come from a CPU generator on every device: the same batches on CPU and GPU.
+            idx = torch.randint(len(train_idx), (model.members, batch), generator=generator).to(device)
             mean, logvar = model.forward_normalised(x_train[idx])
             nll = _gaussian_nll(mean, logvar, y_train[idx])
             bound = algo_config.logvar_bound_weight * (model.max_logvar.sum() - model.min_logvar.sum())
@@ -411,7 +418,7 @@ def _fit(
             "num_transitions": len(dataset),
             "metadata": plain(dataset.metadata.to_dict()),
         },
-        "algo_state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "algo_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "summary": plain(summary),
     }
     buffer = io.BytesIO()

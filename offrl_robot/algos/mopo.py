@@ -13,15 +13,26 @@ current policy for `rollout_length` steps on a randomly chosen member per row, a
 fixed-size ring buffer; each update trains SAC (our CQL with conservative weight 0) on
 `real_fraction` real rows plus model rows from that buffer.
 
-The dynamics model is a checkpoint of `offrl-robot train --algo dynamics` (`dynamics_checkpoint`)
-fitted on the SAME dataset: its observation normaliser then equals the Trainer's (same formula,
-same data), which is how normalised batch states are mapped to the model's physical units.
-Tasks without a learned termination are assumed never to terminate in model rollouts (ArmReach).
+Where the dynamics model comes from (one ensemble per seed, `self.dynamics[i]` for seed i):
 
-Not yet in the shared registry (`offrl_robot.algos.REGISTRY`, so no `--algo mopo`): the
-registry's consumers (the export tests, the GPU trainer benchmark) train every registered
-algorithm from its default config, and MOPO cannot run without a dynamics checkpoint. Its
-tests register it for themselves; wiring it in needs those loops to supply one.
+- By default MOPO fits its own, inside the same run, as OfflineRL-Kit does: `prepare(dataset)`
+  (called by the Trainer on a fresh run, before the first update) runs `fit_dynamics` on the
+  run's dataset for each seed: held-out split, per-member early stopping, at most
+  `dynamics_steps` gradient steps of `dynamics_batch_size` rows, ensemble shape and fit settings
+  from `dynamics:` (DynamicsConfig fields). The fit is seeded by the seed alone and runs in a
+  forked RNG, so seed s of `--seeds 0,1,2` gets exactly the model of a `--seeds s` run (and of
+  `offrl-robot train --algo dynamics --seeds s` with the same settings), and the run's own RNG
+  streams do not depend on it. The fitted weights are module state, so every checkpoint holds
+  them: a resumed run restores the model, it never refits it.
+- `dynamics_checkpoint`: a run of `offrl-robot train --algo dynamics` fitted on the SAME
+  dataset, shared by all seeds.
+
+Either way the model's observation normaliser equals the Trainer's (same formula, same data),
+which is how normalised batch states are mapped to the model's physical units. Tasks without a
+learned termination are assumed never to terminate in model rollouts (ArmReach).
+
+Not CUDA-graph capturable: the rollout schedule and the ring-buffer cursor are host-side Python
+state a captured graph would freeze, so `accelerate: graph|compile` is refused with a ConfigError.
 
 Hot-loop rules hold: all sizes are fixed by the config, the ring-buffer cursor and fill level
 are Python ints, and no value of a tensor is read on the host.
@@ -30,14 +41,16 @@ are Python ints, and no value of a tensor is read on the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from offrl_robot.algos.base import Batch, UpdateOutput
+from offrl_robot.algos.base import Batch, UpdateOutput, register
 from offrl_robot.algos.cql import CQL, CQLConfig
+from offrl_robot.algos.dynamics import DynamicsConfig, DynamicsEnsemble
+from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError
 
 
@@ -45,16 +58,22 @@ from offrl_robot.errors import ConfigError
 class MOPOConfig(CQLConfig):
     """SAC hyper-parameters (CQL's, conservative weight 0) plus the model-based ones.
 
-    dynamics_checkpoint: path of the dynamics run or checkpoint. rollout_length: h (paper: 1-5).
-    penalty: lambda (paper: 0.5-5). real_fraction: share of real rows per batch (paper: 0.05).
-    rollout_every: updates between rollouts (each rollout starts from the current batch's
-    states). model_buffer_size: model transitions kept per seed (oldest overwritten).
+    dynamics: DynamicsConfig fields (members, hidden_sizes, patience, ...) of the ensemble MOPO
+    fits itself; dynamics_steps / dynamics_batch_size: that fit's step cap and per-member batch.
+    dynamics_checkpoint: a dynamics run to use instead (then `dynamics` must stay empty).
+    rollout_length: h (paper: 1-5). penalty: lambda (paper: 0.5-5). real_fraction: share of
+    real rows per batch (paper: 0.05). rollout_every: updates between rollouts (each rollout
+    starts from the current batch's states). model_buffer_size: model transitions kept per seed
+    (oldest overwritten).
     """
 
     conservative_weight: float = 0.0
     # CQL's regulariser is computed even at weight 0 (3 x N extra critic rows per state) and its
     # value is unused here; N = 1 keeps that waste small. The TD target uses one sample anyway.
     num_sampled_actions: int = 1
+    dynamics: dict[str, Any] = field(default_factory=dict)
+    dynamics_steps: int = 20_000
+    dynamics_batch_size: int = 256
     dynamics_checkpoint: str = ""
     rollout_length: int = 5
     penalty: float = 1.0
@@ -64,17 +83,34 @@ class MOPOConfig(CQLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.dynamics_checkpoint:
+        if self.dynamics_checkpoint and self.dynamics:
             raise ConfigError(
-                "algo_config.dynamics_checkpoint is empty; train one with `offrl-robot train --algo dynamics` "
-                "on the same dataset and give its run directory"
+                "algo_config.dynamics and dynamics_checkpoint are both set; give the checkpoint or the "
+                "settings MOPO fits its own ensemble with, not both"
             )
+        self.dynamics_config()  # a bad key or value fails here, before any training
+        if self.dynamics_steps < 1 or self.dynamics_batch_size < 1:
+            raise ConfigError("algo_config.dynamics_steps and dynamics_batch_size must be >= 1")
         if self.rollout_length < 1 or self.rollout_every < 1 or self.model_buffer_size < 1:
             raise ConfigError("algo_config.rollout_length, rollout_every and model_buffer_size must be >= 1")
         if not 0.0 <= self.real_fraction < 1.0 or self.penalty < 0:
             raise ConfigError("algo_config.real_fraction must be in [0, 1) and penalty >= 0")
 
+    def dynamics_config(self) -> DynamicsConfig:
+        """The DynamicsConfig of the self-fitted ensemble (`dynamics:` over its defaults)."""
+        from offrl_robot.algos.dynamics import build_algo_config
 
+        if not isinstance(self.dynamics, dict):
+            raise ConfigError(
+                "algo_config.dynamics must be a mapping of DynamicsConfig fields, e.g. {members: 5}"
+            )
+        try:
+            return build_algo_config(self.dynamics)
+        except ConfigError as err:
+            raise ConfigError(f"algo_config.dynamics: {err}") from None
+
+
+@register
 class MOPO(CQL):
     """Model-based offline policy optimisation; see the module docstring."""
 
@@ -91,21 +127,15 @@ class MOPO(CQL):
         seeds: Sequence[int] | None = None,
     ) -> None:
         super().__init__(observation_dim, action_dim, num_seeds, config, seeds)
-        from offrl_robot.algos.dynamics import load_dynamics
-        from offrl_robot.export import resolve_checkpoint
-        from offrl_robot.train import load_checkpoint
-
-        state = load_checkpoint(resolve_checkpoint(config.dynamics_checkpoint))
-        if state.get("algo") != "dynamics":
-            raise ConfigError(
-                f"algo_config.dynamics_checkpoint {config.dynamics_checkpoint} is not a dynamics run"
-            )
-        if (int(state["observation_dim"]), int(state["action_dim"])) != (observation_dim, action_dim):
-            raise ConfigError(
-                f"algo_config.dynamics_checkpoint {config.dynamics_checkpoint} models obs {state['observation_dim']} / "
-                f"act {state['action_dim']}, the dataset has {observation_dim} / {action_dim}"
-            )
-        self.dynamics = load_dynamics(state)
+        if config.dynamics_checkpoint:
+            models = [self._load_checkpoint_model(config.dynamics_checkpoint) for _ in self.seeds]
+        else:  # fitted by prepare(); until then (or until a checkpoint is loaded) untrained
+            dynamics_config = config.dynamics_config()
+            models = [
+                DynamicsEnsemble(observation_dim, action_dim, dynamics_config, seed) for seed in self.seeds
+            ]
+        self.dynamics = nn.ModuleList(models).requires_grad_(False).eval()
+        self.dynamics_fit: list[dict[str, Any]] = []
         size = config.model_buffer_size
         for name, width in (
             ("model_obs", observation_dim),
@@ -117,23 +147,75 @@ class MOPO(CQL):
         self.cursor = 0
         self.filled = 0
 
+    def _load_checkpoint_model(self, path: str) -> DynamicsEnsemble:
+        from offrl_robot.algos.dynamics import load_dynamics
+        from offrl_robot.export import resolve_checkpoint
+        from offrl_robot.train import load_checkpoint
+
+        state = load_checkpoint(resolve_checkpoint(path))
+        if state.get("algo") != "dynamics":
+            raise ConfigError(f"algo_config.dynamics_checkpoint {path} is not a dynamics run")
+        if (int(state["observation_dim"]), int(state["action_dim"])) != (
+            self.observation_dim,
+            self.action_dim,
+        ):
+            raise ConfigError(
+                f"algo_config.dynamics_checkpoint {path} models obs {state['observation_dim']} / "
+                f"act {state['action_dim']}, the dataset has {self.observation_dim} / {self.action_dim}"
+            )
+        return load_dynamics(state)
+
+    def prepare(self, dataset: Dataset) -> None:
+        """Fit each seed's ensemble on the run's dataset (nothing to do with a dynamics_checkpoint)."""
+        if self.config.dynamics_checkpoint:
+            return
+        from offrl_robot.algos.dynamics import fit_dynamics
+        from offrl_robot.train import TrainConfig
+
+        cfg: MOPOConfig = self.config  # type: ignore[assignment]
+        device = self.model_obs.device
+        self.dynamics_fit = []
+        for seed, model in zip(self.seeds, self.dynamics, strict=True):
+            fit_config = TrainConfig(
+                algo="dynamics",
+                algo_config=dict(cfg.dynamics),
+                steps=cfg.dynamics_steps,
+                seeds=[seed],
+                batch_size=cfg.dynamics_batch_size,
+                device=str(device),
+                progress=False,
+            )
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                fit = fit_dynamics(fit_config, dataset, write=False)
+            model.load_state_dict(fit.model.state_dict())
+            self.dynamics_fit.append(
+                {k: fit.summary[k] for k in ("steps_run", "epochs", "stop_reason", "holdout_mse")}
+            )
+
     # ------------------------------------------------------------------ model rollouts
     @torch.no_grad()
     def _model_step(self, obs_n: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised states [S, B, O] and actions in [-1, 1] -> (normalised next states,
-        penalised rewards), each row on a random member."""
-        dyn = self.dynamics
-        s, b, o = obs_n.shape
-        physical = (obs_n * dyn.obs_std + dyn.obs_mean).reshape(s * b, o)
-        act = (dyn.action_low + (actions + 1.0) * 0.5 * (dyn.action_high - dyn.action_low)).reshape(s * b, -1)
-        member_next, member_reward = dyn.predict(physical, act)  # [K, SB, O], [K, SB]
+        penalised rewards), seed i's rows on seed i's ensemble, each row on a random member."""
+        steps = [
+            self._seed_model_step(dyn, o, a) for dyn, o, a in zip(self.dynamics, obs_n, actions, strict=True)
+        ]
+        return torch.stack([n for n, _ in steps]), torch.stack([r for _, r in steps])
+
+    def _seed_model_step(
+        self, dyn: DynamicsEnsemble, obs_n: Tensor, actions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One seed: [B, O], [B, A] -> [B, O], [B]."""
+        physical = obs_n * dyn.obs_std + dyn.obs_mean
+        act = dyn.action_low + (actions + 1.0) * 0.5 * (dyn.action_high - dyn.action_low)
+        member_next, member_reward = dyn.predict(physical, act)  # [K, B, O], [K, B]
         mean_next = member_next.mean(0)
         disagreement = (((member_next - mean_next) / dyn.obs_std).square().sum(-1).sqrt()).amax(0)
-        pick = torch.randint(dyn.members, (s * b,), device=obs_n.device)
-        rows = torch.arange(s * b, device=obs_n.device)
+        rows = torch.arange(obs_n.shape[0], device=obs_n.device)
+        pick = torch.randint(dyn.members, rows.shape, device=obs_n.device)
         next_obs = member_next[pick, rows]
         reward = member_reward[pick, rows] - self.config.penalty * disagreement
-        return ((next_obs - dyn.obs_mean) / dyn.obs_std).view(s, b, o), reward.view(s, b)
+        return (next_obs - dyn.obs_mean) / dyn.obs_std, reward
 
     @torch.no_grad()
     def _rollout(self, start: Tensor) -> None:
@@ -157,6 +239,11 @@ class MOPO(CQL):
         self.filled = min(size, self.filled + b)
 
     def update(self, batch: Batch) -> UpdateOutput:
+        if batch.observations.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise ConfigError(
+                "accelerate: MOPO's rollout schedule and model-buffer cursor are host-side state a CUDA "
+                "graph would freeze; set accelerate: none for algo mopo"
+            )
         if self.num_updates % self.config.rollout_every == 0:
             self._rollout(batch.observations)
         s, b, _ = batch.observations.shape
@@ -183,10 +270,12 @@ class MOPO(CQL):
     def optimizer_state_dict(self) -> dict[str, Any]:
         state = super().optimizer_state_dict()
         state["model_buffer"] = {"cursor": self.cursor, "filled": self.filled}
+        state["dynamics_fit"] = list(self.dynamics_fit)  # a record; the weights are module state
         return state
 
     def load_optimizer_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         buffer = state.pop("model_buffer", {"cursor": 0, "filled": 0})
+        self.dynamics_fit = list(state.pop("dynamics_fit", []))
         super().load_optimizer_state_dict(state)
         self.cursor, self.filled = int(buffer["cursor"]), int(buffer["filled"])
