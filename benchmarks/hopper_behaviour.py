@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from offrl_robot.algos import CQL, Batch, CQLConfig  # noqa: E402
+from offrl_robot.accel import make_update_step  # noqa: E402
+from offrl_robot.algos import CQL, CQLConfig  # noqa: E402
 from offrl_robot.data.collect import _rollouts, collect  # noqa: E402
 from offrl_robot.data.minari_io import save_dataset  # noqa: E402
 from offrl_robot.sim import make_env, task_info  # noqa: E402
@@ -41,8 +42,30 @@ from offrl_robot.sim import make_env, task_info  # noqa: E402
 TASK = "Hopper-v5"
 
 
+class GrowingBufferSampler:
+    """Uniform indices over the filled part of an online replay buffer, drawn on the device.
+
+    The size is a host int known without a sync; the draw is eager (one kernel) so the captured
+    update graph (offrl_robot.accel.GraphStep, host-sampler path) reads them from its static
+    index buffer."""
+
+    def __init__(self, batch_size: int, seed: int, device: torch.device) -> None:
+        self.seeds = [seed]
+        self.batch_size = batch_size
+        self.size = 1
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
+
+    def sample(self, step: int) -> tuple[torch.Tensor, None]:
+        shape = (1, self.batch_size)
+        return torch.randint(0, self.size, shape, device=self.device, generator=self.generator), None
+
+
 def sac(device: torch.device, args: argparse.Namespace) -> CQL:
-    """Online SAC until the target return; returns the trained agent (single seed)."""
+    """Online SAC until the target return; returns the trained agent (single seed).
+
+    On CUDA each update is replayed from a CUDA graph (`--accelerate graph`, default): eager
+    SAC updates are launch-bound (~150/s on an H100), the graph runs them ~10x faster."""
     info = task_info(TASK)
     obs_dim, act_dim = len(info.observation_names), len(info.action_names)
     config = CQLConfig(
@@ -62,10 +85,11 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
         "terminals": torch.zeros(capacity, device=device),
     }
     rng = np.random.default_rng(args.seed)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    sampler = GrowingBufferSampler(256, args.seed, device)
+    step_fn = None
     env = make_env(TASK)
     obs, _ = env.reset(seed=args.seed)
-    episode_return, t0 = 0.0, time.perf_counter()
+    t0 = time.perf_counter()
     for step in range(capacity):
         if step < args.start_steps:
             action = rng.uniform(-1.0, 1.0, act_dim).astype(np.float32)
@@ -74,22 +98,22 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).view(1, 1, -1)
                 action = agent.actor.sample(obs_t)[0].view(-1).cpu().numpy()
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in (
-            ("observations", obs),
-            ("actions", action),
-            ("rewards", reward),
-            ("next_observations", next_obs),
-            ("terminals", float(terminated)),
-        ):
-            buf[key][step] = torch.as_tensor(np.asarray(value, np.float32), device=device)
-        episode_return += float(reward)
+        row = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]]).astype(np.float32)
+        row_t = torch.from_numpy(row).to(device, non_blocking=False)
+        cut = np.cumsum([obs_dim, act_dim, 1, obs_dim])
+        buf["observations"][step] = row_t[: cut[0]]
+        buf["actions"][step] = row_t[cut[0] : cut[1]]
+        buf["rewards"][step] = row_t[cut[1]]
+        buf["next_observations"][step] = row_t[cut[2] : cut[3]]
+        buf["terminals"][step] = row_t[cut[3]]
+        sampler.size = step + 1
         obs = next_obs
         if terminated or truncated:
             obs, _ = env.reset()
-            episode_return = 0.0
         if step >= args.start_steps:
-            idx = torch.randint(0, step + 1, (1, 256), device=device, generator=gen)
-            agent.update(Batch(*(buf[k][idx] for k in buf)))
+            if step_fn is None:
+                step_fn = make_update_step(agent, sampler, buf, args.accelerate)
+            step_fn(step)
         if step >= args.start_steps and (step + 1) % args.eval_every == 0:
             score = evaluate(agent, device, episodes=5)
             print(
@@ -127,7 +151,11 @@ def main() -> int:
     parser.add_argument("--start-steps", type=int, default=5_000)
     parser.add_argument("--eval-every", type=int, default=10_000)
     parser.add_argument("--target-return", type=float, default=1_000.0)
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per dataset")
+    parser.add_argument("--accelerate", default="graph", help="none | graph (CUDA graph of the update)")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes of the medium dataset")
+    parser.add_argument(
+        "--random-episodes", type=int, default=1000, help="episodes of the random dataset (~20 steps each)"
+    )
     parser.add_argument("--prefix", default="hopper")
     parser.add_argument("--root", default=None, help="Minari root (default: offrl_robot's)")
     args = parser.parse_args()
@@ -147,7 +175,7 @@ def main() -> int:
         medium = _rollouts(env, info, behaviour, args.episodes, args.seed, low, high, None, "sac-medium", 0.0)
     finally:
         env.close()
-    random = collect(TASK, "random", episodes=args.episodes, seed=args.seed)
+    random = collect(TASK, "random", episodes=args.random_episodes, seed=args.seed)
     for label, result in (("medium", medium), ("random", random)):
         path = save_dataset(result.dataset, f"{args.prefix}-{label}", root=args.root, overwrite=True)
         print(f"{label}: {len(result.dataset)} transitions, mean return {result.mean_return:.0f} -> {path}")

@@ -56,6 +56,8 @@ class Job:
     device: str
     accelerate: str
     eval_episodes: int
+    precision: str = "fp32"
+    peer_compile: bool = False
 
 
 # --------------------------------------------------------------------------------- datasets
@@ -94,6 +96,16 @@ def load_hopper_datasets(prefix: str, root: str | None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- jobs
+def _pin_worker_gpu(counter: Any, gpus: list[str]) -> None:
+    """Pool initializer: worker k sees only GPU gpus[k mod len(gpus)] (set before it imports
+    torch), so jobs spread over every GPU given and each process has one current device."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """One training + final evaluation (in a worker process). Returns per-seed results."""
     import torch
@@ -102,7 +114,7 @@ def run_job(job: Job) -> dict[str, Any]:
     with open(job.dataset_path, "rb") as f:
         dataset = pickle.load(f)
     t0 = time.perf_counter()
-    per_seed = _train_ours(job, dataset) if job.library == "ours" else _train_d3rlpy(job, dataset)
+    per_seed = _train_ours(job, dataset) if job.library.startswith("ours") else _train_d3rlpy(job, dataset)
     return {
         "library": job.library,
         "algo": job.algo,
@@ -132,6 +144,8 @@ def _train_ours(job: Job, dataset: Any) -> list[dict[str, Any]]:
     }
     if "accelerate" in {f.name for f in fields(TrainConfig)}:
         values["accelerate"] = job.accelerate
+    if job.precision != "fp32":
+        values["precision"] = job.precision
     with tempfile.TemporaryDirectory() as tmp:
         summary = Trainer(TrainConfig(**values), dataset=dataset, run_dir=Path(tmp) / "run").fit()
     return [
@@ -141,7 +155,12 @@ def _train_ours(job: Job, dataset: Any) -> list[dict[str, Any]]:
 
 
 def _d3rlpy_config(
-    algo: str, obs_mean: np.ndarray, obs_std: np.ndarray, low: np.ndarray, high: np.ndarray
+    algo: str,
+    obs_mean: np.ndarray,
+    obs_std: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    compile_graph: bool = False,
 ) -> Any:
     """d3rlpy's defaults for `algo`, batch 256, with our normaliser and action scaling."""
     import d3rlpy
@@ -152,6 +171,8 @@ def _d3rlpy_config(
         "observation_scaler": StandardObservationScaler(mean=obs_mean, std=obs_std),
         "action_scaler": MinMaxActionScaler(minimum=low, maximum=high),
     }
+    if compile_graph:  # d3rlpy's fastest CUDA mode (torch.compile + CUDA graphs); same maths
+        common["compile_graph"] = True
     configs = {
         "bc": d3rlpy.algos.BCConfig,
         "iql": d3rlpy.algos.IQLConfig,
@@ -185,7 +206,8 @@ def _train_d3rlpy(job: Job, dataset: Any) -> list[dict[str, Any]]:
     results = []
     for seed in job.seeds:
         d3rlpy.seed(seed)
-        algo = _d3rlpy_config(job.algo, obs_mean, obs_std, low, high).create(device=device)
+        algo = _d3rlpy_config(job.algo, obs_mean, obs_std, low, high, job.peer_compile and device != "cpu:0")
+        algo = algo.create(device=device)
         algo.build_with_dataset(mdp)
         for _ in range(job.steps):
             algo.update(mdp.sample_transition_batch(256))
@@ -236,11 +258,32 @@ def main() -> int:
     )
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--skip-arm", action="store_true", help="only the Hopper datasets (--hopper-prefix)")
+    parser.add_argument(
+        "--peer-cpu-algos",
+        default="",
+        help="run d3rlpy's runs of these algorithms on the CPU (one thread each) even with --device cuda: "
+        "its eager BC/TD3+BC/IQL are launch-bound, a CPU core is as fast and leaves the GPUs free",
+    )
+    parser.add_argument(
+        "--peer-compile",
+        action="store_true",
+        help="d3rlpy on CUDA with compile_graph=True (its fastest mode)",
+    )
+    parser.add_argument(
+        "--bf16-algos",
+        default="",
+        help="also train ours with precision bf16 for these algorithms (extra rows)",
+    )
     parser.add_argument("--deadline-s", type=float, default=None, help="report what finished by then")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     algos = [a for a in args.algos.split(",") if a]
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    peer_cpu_algos = {a for a in args.peer_cpu_algos.split(",") if a}
+    bf16_algos = {a for a in args.bf16_algos.split(",") if a}
+    if bf16_algos and not args.device.startswith("cuda"):
+        parser.error("--bf16-algos needs --device cuda (precision bf16 is a CUDA mode)")
 
     import torch
 
@@ -257,7 +300,7 @@ def main() -> int:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        datasets = make_arm_datasets(args.episodes, args.medium_noise, seed=0)
+        datasets = {} if args.skip_arm else make_arm_datasets(args.episodes, args.medium_noise, seed=0)
         if args.hopper_prefix:
             datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root)
         jobs: list[Job] = []
@@ -272,20 +315,40 @@ def main() -> int:
                     device=args.device, accelerate=args.accelerate, eval_episodes=args.eval_episodes
                 )
                 jobs.append(Job(library="ours", seeds=seeds, **common))
+                if algo in bf16_algos:
+                    jobs.append(Job(library="ours-bf16", seeds=seeds, precision="bf16", **common))
                 if not args.no_peer:
-                    jobs += [Job(library="d3rlpy", seeds=(s,), **common) for s in seeds]
+                    peer = common | {"device": "cpu"} if algo in peer_cpu_algos else common
+                    jobs += [
+                        Job(library="d3rlpy", seeds=(s,), peer_compile=args.peer_compile, **peer)
+                        for s in seeds
+                    ]
         # Cheapest algorithms first, each algorithm's runs together: a deadline then cuts whole
         # (expensive) rows rather than leaving every row half-filled.
         cost_order = ("bc", "td3bc", "iql", "bcq", "cql")
         jobs.sort(key=lambda j: cost_order.index(j.algo) if j.algo in cost_order else len(cost_order))
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx)
+        gpus: list[str] = []
+        if args.device.startswith("cuda"):  # the GPUs this process may use, as the system names them
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            gpus = [g for g in visible.split(",") if g] or [str(i) for i in range(torch.cuda.device_count())]
+        pool = ProcessPoolExecutor(
+            max_workers=args.workers,
+            mp_context=ctx,
+            initializer=_pin_worker_gpu,
+            initargs=(ctx.Value("i", 0), gpus),
+        )
         futures = {pool.submit(run_job, job): job for job in jobs}
         outputs: list[dict[str, Any]] = []
         start = time.perf_counter()
         try:
             for future in as_completed(futures, timeout=args.deadline_s):
-                out = future.result()
+                try:
+                    out = future.result()
+                except Exception as exc:  # one failed run must not lose the others' results
+                    job = futures[future]
+                    print(f"  failed: {job.library} {job.algo} {job.dataset}: {exc!r}"[:300], flush=True)
+                    continue
                 outputs.append(out)
                 print(
                     f"  [{time.perf_counter() - start:5.0f} s] {out['library']:6s} {out['algo']:5s} {out['dataset']}: "
@@ -329,6 +392,25 @@ def main() -> int:
                 f"{_mean_std([r['mean_return'] for r in peer])} | {seconds.get((name, algo, 'ours'), 0):.0f} | "
                 f"{seconds.get((name, algo, 'd3rlpy'), 0):.0f} |"
             )
+    extra = sorted({k[2] for k in merged} - {"ours", "d3rlpy"})
+    for library in extra:
+        print(f"\n## {library} (same runs, another precision), next to ours fp32 and d3rlpy")
+        print(
+            f"| dataset | algo | {library} success | ours success | d3rlpy success | {library} return | ours return | d3rlpy return |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for name in datasets:
+            for algo in algos:
+                if (name, algo, library) not in merged:
+                    continue
+                cells = [merged.get((name, algo, lib), []) for lib in (library, "ours", "d3rlpy")]
+                print(
+                    f"| {name} | {algo} | "
+                    + " | ".join(_mean_std([r["success_rate"] for r in c]) for c in cells)
+                    + " | "
+                    + " | ".join(_mean_std([r["mean_return"] for r in c]) for c in cells)
+                    + " |"
+                )
     return 0
 
 

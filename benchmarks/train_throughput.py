@@ -83,7 +83,12 @@ def synthetic_data(num_transitions: int, seed: int = 0) -> dict[str, np.ndarray]
 
 # ------------------------------------------------------------------------------------- ours
 def make_ours(
-    algo_name: str, arrays: dict[str, np.ndarray], device: torch.device, seeds: int, accel: str
+    algo_name: str,
+    arrays: dict[str, np.ndarray],
+    device: torch.device,
+    seeds: int,
+    accel: str,
+    precision: str = "fp32",
 ) -> Callable[[], None]:
     """One Trainer-style step of our algorithm (S = `seeds` vectorised seeds)."""
     cls = REGISTRY[algo_name]
@@ -92,7 +97,7 @@ def make_ours(
     algo.train()
     data = {k: torch.from_numpy(arrays[k]).to(device) for k in DATA_KEYS}
     sampler = UniformSampler(len(arrays["rewards"]), BATCH, list(range(seeds)), device)
-    step_fn = make_update_step(algo, sampler, data, accel)
+    step_fn = make_update_step(algo, sampler, data, accel, precision)
     sums: dict[str, torch.Tensor] = {}
     counter = [0]
 
@@ -291,6 +296,11 @@ def main() -> int:
     parser.add_argument(
         "--tf32", action="store_true", help="cuda: TF32 matmuls for BOTH libraries (default fp32)"
     )
+    parser.add_argument(
+        "--vector-precisions",
+        default="fp32,bf16",
+        help="cuda: ours' precisions (offrl_robot.accel.PRECISIONS) for the vectorised CQL row",
+    )
     parser.add_argument("--json", type=Path, help="also write all numbers here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -347,8 +357,13 @@ def main() -> int:
         if name == "cql" and args.vector_seeds > 1:
             s = args.vector_seeds
             modes = (["graph"] + ([] if args.no_compile else ["compile"])) if cuda else ["none"]
+            precisions = [p for p in args.vector_precisions.split(",") if p] if cuda else ["fp32"]
             vec = [
-                Contender(f"ours {m}", functools.partial(make_ours, "cql", arrays, device, s, m))
+                Contender(
+                    f"ours {m}" + ("" if p == "fp32" else f" {p}"),
+                    functools.partial(make_ours, "cql", arrays, device, s, m, p),
+                )
+                for p in precisions
                 for m in modes
             ]
             run_rounds(vec, device, args.steps, warmup, args.rounds, args.max_round_s)
@@ -359,6 +374,8 @@ def main() -> int:
                     vec_row[c.label + " error"] = c.error
                 print(f"  cql x{s} seeds, {c.label}: {fmt(median(c))} updates/s", flush=True)
             rows.append(vec_row)
+            if args.json:
+                args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
         del contenders
         if cuda:
             torch.cuda.empty_cache()
@@ -394,6 +411,12 @@ def main() -> int:
         elif peer_cols:
             cells += ["—"] * (len(head) - len(cells))
         print("| " + " | ".join(cells) + " |")
+    for row in rows:
+        if row["seeds"] > 1:
+            print(f"\n## {row['algo']}: every variant (updates/s; seed-updates/s)")
+            for label, v in row.items():
+                if label.startswith("ours") and isinstance(v, float):
+                    print(f"- {label}: {fmt(v)} ({fmt(v * row['seeds'])} seed-upd/s)")
     if not cuda and peer_cols:
         # On a CPU shared with other jobs, wall time depends on their load; CPU time of this
         # process (both libraries run single-threaded here) is the fairer cost measure.

@@ -32,7 +32,8 @@ Not supported in a graph: an LR schedule (its Python-side lr would be frozen int
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -43,6 +44,13 @@ from offrl_robot.errors import ConfigError
 from offrl_robot.replay import PrioritizedSampler, UniformSampler
 
 ACCEL_MODES = ("none", "graph", "compile")
+# Matmul precision of the update on CUDA. fp32: exact fp32 (the reference). tf32: fp32 tensors,
+# TensorFloat-32 tensor-core matmuls (10-bit mantissa inputs, fp32 accumulation). bf16: autocast
+# hidden layers to bfloat16 (matmuls AND their activations: half the memory traffic of the
+# element-wise ops that dominate big-batch critics); every network's output layer stays fp32
+# (`nets.EnsembleMLP`), so Q-values, log-probs and losses keep fp32 precision; weights and Adam
+# state stay fp32. Only CUDA: a CPU has no fast path for either, and CPU runs stay exact.
+PRECISIONS = ("fp32", "tf32", "bf16")
 DATA_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals")
 
 # Eager warm-up steps per phase before capture: the first creates optimiser state, the others
@@ -62,6 +70,28 @@ def gather_batch(data: Mapping[str, Tensor], indices: Tensor, weights: Tensor | 
     )
 
 
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the enclosed update at `precision` (see PRECISIONS); a no-op for fp32 or off CUDA.
+
+    A captured CUDA graph bakes in the math mode that was active at capture, so wrapping the
+    capture is enough; eager steps wrap every call."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"config field 'precision' is {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or device.type != "cuda":
+        yield
+    elif precision == "tf32":
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    else:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+
+
 def update_period(algo: Algorithm) -> int:
     """How many consecutive updates make one repeating program (TD3+BC: policy_freq, else 1)."""
     return max(1, int(getattr(algo.config, "policy_freq", 1)))
@@ -72,13 +102,18 @@ class EagerStep:
 
     mode = "none"
 
-    def __init__(self, algo: Algorithm, sampler: Any, data: Mapping[str, Tensor]) -> None:
+    def __init__(
+        self, algo: Algorithm, sampler: Any, data: Mapping[str, Tensor], precision: str = "fp32"
+    ) -> None:
         self.algo, self.sampler, self.data = algo, sampler, data
+        self.precision = precision
+        self._device = data["observations"].device
 
     def __call__(self, step: int) -> tuple[Tensor, UpdateOutput]:
         """Run update number `step` (1-based); return the sampled indices and the update's output."""
         indices, weights = self.sampler.sample(step)
-        return indices, self.algo.update(gather_batch(self.data, indices, weights))
+        with matmul_precision(self.precision, self._device):
+            return indices, self.algo.update(gather_batch(self.data, indices, weights))
 
 
 class _LearningState:
@@ -136,8 +171,10 @@ class GraphStep:
         data: Mapping[str, Tensor],
         *,
         compile_update: bool = False,
+        precision: str = "fp32",
     ) -> None:
         device = data["observations"].device
+        self.precision = precision
         if device.type != "cuda":
             raise ValueError("GraphStep needs the data on a CUDA device")
         if getattr(algo, "schedulers", None):
@@ -180,6 +217,10 @@ class GraphStep:
         return indices, self._update(gather_batch(self.data, indices, weights))
 
     def _capture(self) -> None:
+        with matmul_precision(self.precision, self.data["observations"].device):
+            self._capture_at_precision()
+
+    def _capture_at_precision(self) -> None:
         snapshot = _LearningState(self.algo, self._generators)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -220,7 +261,7 @@ class GraphStep:
 
 
 def make_update_step(
-    algo: Algorithm, sampler: Any, data: Mapping[str, Tensor], mode: str = "none"
+    algo: Algorithm, sampler: Any, data: Mapping[str, Tensor], mode: str = "none", precision: str = "fp32"
 ) -> EagerStep | GraphStep:
     """The step function the Trainer and the benchmarks loop over.
 
@@ -229,5 +270,5 @@ def make_update_step(
     if mode not in ACCEL_MODES:
         raise ConfigError(f"config field 'accelerate' is {mode!r}; use one of {', '.join(ACCEL_MODES)}")
     if mode == "none" or data["observations"].device.type != "cuda":
-        return EagerStep(algo, sampler, data)
-    return GraphStep(algo, sampler, data, compile_update=mode == "compile")
+        return EagerStep(algo, sampler, data, precision)
+    return GraphStep(algo, sampler, data, compile_update=mode == "compile", precision=precision)

@@ -63,11 +63,13 @@ class EnsembleAffine(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         return torch.baddbmm(bias, x, weight)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")  # the backward matmuls at the forward's autocast dtype
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
@@ -155,6 +157,12 @@ class EnsembleMLP(nn.Module):
         *hidden, last = self.layers
         for layer in hidden:
             x = torch.relu(layer(x, detach_params))
+        if torch.is_autocast_enabled(x.device.type):
+            # Mixed precision (accel.PRECISIONS "bf16"): hidden layers may run in bfloat16, but
+            # the output layer stays fp32 so Q-values, means and log-stds keep fp32 precision
+            # (a bf16 Q of magnitude 100 would be quantised in steps of 0.5).
+            with torch.autocast(x.device.type, enabled=False):
+                return last(x.float(), detach_params)
         return last(x, detach_params)
 
     def member_module(self, member: int, out_rows: slice | None = None) -> nn.Sequential:

@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from offrl_robot import __version__
-from offrl_robot.accel import ACCEL_MODES, make_update_step
+from offrl_robot.accel import ACCEL_MODES, PRECISIONS, make_update_step
 from offrl_robot.atomic import atomic_write_bytes, atomic_write_text
 from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError, ModelError
@@ -88,6 +88,8 @@ class TrainConfig:
     gather, update) from a captured CUDA graph (7-13x the eager updates/s on an H100, same
     numbers as eager); `compile` also passes the update through torch.compile. On the CPU both
     fall back to eager, so CPU runs stay bit-reproducible (see offrl_robot/accel.py).
+    precision: fp32 | tf32 | bf16, CUDA only (offrl_robot.accel.PRECISIONS): bf16 autocasts
+    hidden layers for speed with fp32 output layers, weights and optimiser state.
     """
 
     algo: str = "bc"
@@ -112,6 +114,7 @@ class TrainConfig:
     progress: bool = True
     threads: int = 0
     accelerate: str = "none"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +139,15 @@ class TrainConfig:
         if self.accelerate not in ACCEL_MODES:
             raise ConfigError(
                 f"config field 'accelerate' is {self.accelerate!r}; use one of {', '.join(ACCEL_MODES)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"config field 'precision' is {self.precision!r}; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.precision != "fp32" and self.device.startswith("cpu"):
+            raise ConfigError(
+                f"config field 'precision' is {self.precision!r}, which needs device: cuda; "
+                "on the CPU use precision: fp32"
             )
         return self
 
@@ -645,7 +657,7 @@ class Trainer:
         start_step = self._restore(self._resume_state) if self._resume_state is not None else 0
         data = self._device_tensors()
         # After any resume: a CUDA-graph step snapshots the restored state around its capture.
-        step_fn = make_update_step(self.algo, self.sampler, data, cfg.accelerate)
+        step_fn = make_update_step(self.algo, self.sampler, data, cfg.accelerate, cfg.precision)
         self._open_logs(start_step)
 
         last_eval: dict[str, Any] | None = None

@@ -159,3 +159,30 @@ def test_trainer_on_cpu_with_graph_requested_trains_exactly_like_eager(tmp_path)
         assert summary["accelerate"] == "none"
         runs[mode] = _weights(trainer.algo)
     assert all(torch.equal(runs["none"][k], runs["graph"][k]) for k in runs["none"])
+
+
+def test_precision_other_than_fp32_is_refused_on_the_cpu() -> None:
+    from offrl_robot.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="precision.*needs device: cuda"):
+        TrainConfig(device="cpu", precision="bf16")
+    with pytest.raises(ConfigError, match="'precision' is 'fp16'"):
+        TrainConfig(device="cuda", precision="fp16")
+
+
+def test_mixed_precision_keeps_every_output_layer_in_fp32() -> None:
+    """Under bf16 autocast the hidden layers run in bfloat16 but the output layer does not:
+    Q-values / means come out fp32 and within bf16 rounding of the fp32 forward pass."""
+    from offrl_robot.nets import EnsembleMLP
+
+    torch.manual_seed(0)
+    net = EnsembleMLP([0, 1], 2, 14, [64, 64], 1, tag="q")
+    x = torch.randn(4, 32, 14)
+    exact = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = net(x)
+        hidden = torch.relu(net.layers[0](x))
+    assert hidden.dtype == torch.bfloat16  # autocast is really on for the hidden layers
+    assert mixed.dtype == torch.float32
+    assert not torch.equal(mixed, exact)
+    torch.testing.assert_close(mixed, exact, atol=0.05, rtol=0.05)
