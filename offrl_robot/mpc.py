@@ -3,9 +3,9 @@
 `.card`, `.card_path`), so the validation gate and policy_node run MPC like any policy.
 
 Each control tick plans a sequence of `horizon` actions by sampling `samples` candidate
-sequences around the current plan, rolling them out through the ONNX ensemble (one
-onnxruntime call per horizon step, batched over candidates, every member on every row) and
-scoring them with
+sequences around the current plan, rolling them out through the ONNX ensemble (the one-step
+graph unrolled over the horizon in memory: one onnxruntime call per planner iteration, batched
+over candidates, every member on every row) and scoring them with
 
     J = sum_t discount^t * (reward_t - penalty * disagreement_t)
 
@@ -44,6 +44,7 @@ from offrl_robot.card import (
 from offrl_robot.errors import ConfigError, ModelError
 
 LEARNED_REWARD = "learned"
+OBSERVATION_INPUT = "observation"
 PLANNERS = ("cem", "mppi")
 DYNAMICS_ALGORITHM = "dynamics"
 Objective = Callable[[np.ndarray], np.ndarray]
@@ -322,8 +323,106 @@ def _check_dynamics_io(model: Any, meta: ModelMetadata, path: Path) -> None:
         raise ModelError(f"{path}: graph outputs are {outputs}, expected {list(OUTPUTS)}; re-export it")
 
 
+HORIZON_ACTIONS = "actions"
+
+
+def horizon_graph(step: Any, horizon: int, learned_reward: bool) -> Any:
+    """The exported one-step ensemble graph unrolled over `horizon` ticks: ONE onnxruntime call
+    scores every candidate sequence.
+
+    Why: with one call per horizon step a tick paid `horizon` x (call overhead + numpy copies of
+    [N, O] states in and out); unrolled, onnxruntime runs the whole rollout in native code,
+    batched over candidates, and keeps the states in its own buffers. Built in memory from the
+    verified model (same weights, shared initialisers, no re-export): the deployed file and its
+    sha256 stay the one-step graph the card describes.
+
+    Inputs: observation [N, O] (the start state, one row per candidate), actions [N, H, A].
+    Outputs: disagreement [N, H]; reward [N, H] (learned head, when `learned_reward`) or
+    next_observation [N, H, O] (for a named reward function). Step t runs the step graph's
+    nodes on (state_t, actions[:, t]); state_(t+1) is its ensemble-mean next observation.
+    Nodes no kept output depends on (the member outputs, the unused head) are dropped.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = step.graph
+    shared = {t.name for t in graph.initializer}
+    wanted = ["next_observation", "disagreement"] + (["reward"] if learned_reward else [])
+    needed: set[str] = set(wanted)
+    kept = []
+    for node in reversed(graph.node):  # exported graphs are topologically sorted
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+
+    nodes: list[Any] = []
+    extra = [
+        helper.make_tensor("horizon/axis1", onnx.TensorProto.INT64, [1], [1]),
+        *(helper.make_tensor(f"horizon/t{t}", onnx.TensorProto.INT64, [], [t]) for t in range(horizon)),
+    ]
+    state = OBSERVATION_INPUT
+    per_step: dict[str, list[str]] = {name: [] for name in wanted}
+    for t in range(horizon):
+        action = f"h{t}/action"
+        nodes.append(helper.make_node("Gather", [HORIZON_ACTIONS, f"horizon/t{t}"], [action], axis=1))
+        rename = {OBSERVATION_INPUT: state, "action": action}
+
+        def name(tensor: str, t: int = t, rename: dict[str, str] = rename) -> str:
+            if not tensor or tensor in shared:
+                return tensor
+            return rename.get(tensor, f"h{t}/{tensor}")
+
+        for node in kept:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = f"h{t}/{node.name}"
+            copy.input[:] = [name(i) for i in node.input]
+            copy.output[:] = [name(o) for o in node.output]
+            nodes.append(copy)
+        for output in wanted:
+            unsqueezed = f"h{t}/{output}/unsqueezed"
+            nodes.append(helper.make_node("Unsqueeze", [name(output), "horizon/axis1"], [unsqueezed]))
+            per_step[output].append(unsqueezed)
+        state = name("next_observation")
+    outputs = ["disagreement", "reward" if learned_reward else "next_observation"]
+    for output in outputs:
+        nodes.append(helper.make_node("Concat", per_step[output], [output], axis=1))
+    value_type = {o.name: o.type.tensor_type for o in graph.output}
+    observation = next(i for i in graph.input if i.name == OBSERVATION_INPUT).type.tensor_type
+    act = next(i for i in graph.input if i.name == "action").type.tensor_type
+    obs_dim, act_dim = observation.shape.dim[1].dim_value, act.shape.dim[1].dim_value
+    float32 = onnx.TensorProto.FLOAT
+    shapes = {
+        "disagreement": ["batch", horizon],
+        "reward": ["batch", horizon],
+        "next_observation": ["batch", horizon, obs_dim],
+    }
+    if any(value_type[o].elem_type != float32 for o in outputs):
+        raise ModelError("the dynamics graph's outputs must be float32; re-export it")
+    used = {i for node in kept for i in node.input}
+    unrolled = helper.make_graph(
+        nodes,
+        "mpc_horizon",
+        [
+            helper.make_tensor_value_info(OBSERVATION_INPUT, float32, ["batch", obs_dim]),
+            helper.make_tensor_value_info(HORIZON_ACTIONS, float32, ["batch", horizon, act_dim]),
+        ],
+        [helper.make_tensor_value_info(o, float32, shapes[o]) for o in outputs],
+        initializer=[*(t for t in graph.initializer if t.name in used), *extra],
+    )
+    return helper.make_model(unrolled, opset_imports=step.opset_import, ir_version=step.ir_version)
+
+
 class EnsembleObjective:
-    """Scores candidate action sequences from one observation by rolling out the ONNX ensemble."""
+    """Scores candidate action sequences from one observation: one call of the unrolled
+    horizon graph (`horizon_graph`) per planner iteration, then
+
+        J = sum_t discount^t * (reward_t - penalty * disagreement_t)
+
+    with reward_t from the learned head (in the graph) or the named reward function, called
+    once on all N x H transitions (reward functions are row-wise, so flattening is exact; one
+    vectorised call instead of H amortises its Python overhead)."""
 
     def __init__(
         self,
@@ -335,35 +434,29 @@ class EnsembleObjective:
         self.session = session
         self.config = config
         self.reward_fn = reward_fn
-        self.outputs = (
-            ["next_observation", "reward", "disagreement"]
-            if reward_fn is None
-            else [
-                "next_observation",
-                "disagreement",
-            ]
-        )
+        self.outputs = ["disagreement", "reward" if reward_fn is None else "next_observation"]
         self.state = np.zeros((config.samples, observation_dim), dtype=np.float32)
         self.observation = np.zeros(observation_dim, dtype=np.float32)
+        self.discounts = config.discount ** np.arange(config.horizon, dtype=np.float64)
 
     def __call__(self, sequences: np.ndarray) -> np.ndarray:
         cfg = self.config
-        state = self.state
-        state[...] = self.observation
-        total = np.zeros(len(sequences))
-        weight = 1.0
-        for t in range(sequences.shape[1]):
-            action = np.ascontiguousarray(sequences[:, t], dtype=np.float32)
-            out = self.session.run(self.outputs, {"observation": state, "action": action})
-            if self.reward_fn is None:
-                next_state, reward, disagreement = out
-            else:
-                next_state, disagreement = out
-                reward = self.reward_fn(state, action, next_state)
-            total += weight * (np.asarray(reward, dtype=np.float64) - cfg.penalty * disagreement)
-            weight *= cfg.discount
-            state = next_state
-        return total
+        self.state[...] = self.observation
+        actions = np.ascontiguousarray(sequences, dtype=np.float32)
+        disagreement, second = self.session.run(
+            self.outputs, {OBSERVATION_INPUT: self.state, HORIZON_ACTIONS: actions}
+        )
+        if self.reward_fn is None:
+            reward = second
+        else:
+            n, h, o = second.shape
+            states = np.concatenate([self.state[:, None], second[:, :-1]], axis=1)
+            flat = self.reward_fn(
+                states.reshape(n * h, o), actions.reshape(n * h, -1), second.reshape(n * h, o)
+            )
+            reward = np.asarray(flat, dtype=np.float64).reshape(n, h)
+        step_scores = np.asarray(reward, dtype=np.float64) - cfg.penalty * disagreement
+        return step_scores @ self.discounts
 
 
 class MPCController:
@@ -409,7 +502,8 @@ class MPCController:
             settings.update(dict(config or {}))
             self.config = MPCConfig.from_dict(settings, source=f"{card_file} training.mpc")
         reward_fn = resolve_reward(self.config.reward)
-        session = make_session(verified.data, path, threads=self.config.threads)
+        unrolled = horizon_graph(model, self.config.horizon, learned_reward=reward_fn is None)
+        session = make_session(unrolled.SerializeToString(), path, threads=self.config.threads)
         self.path = path
         self.card_path = card_file
         self.card = card

@@ -118,6 +118,60 @@ def test_planner_config_errors_are_one_line() -> None:
         make_planner(MPCConfig(max_action_change=[0.1, 0.2]), LOW, HIGH)
 
 
+def linear_reward(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+    """A named reward (`test_mpc:linear_reward`) for the unrolled-graph test: row-wise."""
+    return -np.square(next_obs).sum(-1) - 0.1 * np.square(act).sum(-1) + 0.01 * obs[:, 0]
+
+
+@pytest.mark.parametrize("reward", ["learned", "test_mpc:linear_reward"])
+def test_horizon_graph_scores_exactly_like_stepping_the_exported_model(tmp_path: Path, reward: str) -> None:
+    """One call of the horizon-unrolled graph == H calls of the deployed one-step graph, state fed
+    back as the ensemble mean, reward + disagreement penalty discounted (float32 rounding)."""
+    import onnxruntime as ort
+    from test_dynamics import linear_dataset
+
+    from offrl_robot.algos.dynamics import fit_dynamics
+    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.mpc import MPCController
+    from offrl_robot.train import TrainConfig
+
+    dataset = linear_dataset(600)
+    config = TrainConfig(
+        algo="dynamics",
+        steps=30,
+        threads=1,
+        progress=False,
+        algo_config={"members": 3, "hidden_sizes": [16, 16]},
+    )
+    model = tmp_path / "linear.onnx"
+    export_dynamics(
+        fit_dynamics(config, dataset, run_dir=tmp_path / "run").checkpoint, model, dataset=dataset
+    )
+    samples, horizon, discount, penalty = 32, 6, 0.9, 0.7
+    planner = MPCConfig(samples=samples, horizon=horizon, reward=reward, discount=discount, penalty=penalty)
+    controller = MPCController(model, config=planner)
+    start = dataset.observations[5]
+    sequences = np.random.default_rng(0).uniform(-1.0, 1.0, (samples, horizon, 2))
+    controller._objective.observation[...] = start
+    got = controller._objective(sequences)
+
+    step = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    state = np.tile(start, (samples, 1)).astype(np.float32)
+    expected, weight = np.zeros(samples), 1.0
+    for t in range(horizon):
+        action = sequences[:, t].astype(np.float32)
+        nxt, r, d = step.run(
+            ["next_observation", "reward", "disagreement"], {"observation": state, "action": action}
+        )
+        if reward != "learned":
+            r = linear_reward(state, action, nxt)
+        expected += weight * (r - penalty * d)
+        weight *= discount
+        state = nxt
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert controller.act(start).shape == (2,)
+
+
 @pytest.fixture(scope="module")
 def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """collect (scripted expert + noise) -> fit -> export -> validation gate, all real; the card
@@ -130,14 +184,15 @@ def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
     folder = tmp_path_factory.mktemp("mpc")
     dataset = collect("ArmReach-v0", "scripted-expert", episodes=20, seed=0, noise=0.3).dataset
-    mpc = TrainConfig.from_yaml(REPO / "config/dynamics/arm_reach.yaml").algo_config["mpc"]
+    shipped = TrainConfig.from_yaml(REPO / "config/dynamics/arm_reach.yaml").algo_config
     config = TrainConfig(
         algo="dynamics",
         steps=1500,
         batch_size=256,
         threads=1,
         progress=False,
-        algo_config={"members": 5, "hidden_sizes": [128, 128], "mpc": mpc},
+        # the shipped ensemble shape and planner: the gate validates what deploys
+        algo_config={k: shipped[k] for k in ("members", "hidden_sizes", "mpc")},
     )
     fit = fit_dynamics(config, dataset, run_dir=folder / "run")
     model = folder / "arm_reach_mpc.onnx"

@@ -56,8 +56,8 @@ class DynamicsConfig:
     """Hyper-parameters of the ensemble and its fit (PETS/MBPO defaults scaled to small robots).
 
     members: K ensemble members. hidden_sizes: per-member MLP. An MPC tick costs about
-    samples x horizon x K x hidden^2: 5 x 128 x 128 with 256 x 10 is ~19 ms p50 on the shared
-    dev CPU, 3 x 64 x 64 ~9 ms (BENCHMARKS.md "MPC latency").
+    samples x horizon x iterations x K x hidden^2 (BENCHMARKS.md "MPC latency": 256 x 10 on
+    5 x 64 x 64, the ArmReach config's shape, is ~5 ms p50 on the 2-core dev CPU).
     holdout_fraction / max_holdout: the held-out split used for early stopping.
     patience: epochs without a >1 % held-out improvement of any member before stopping.
     mpc: planner settings written into the exported model's card (`offrl_robot.mpc.MPCConfig`

@@ -105,32 +105,43 @@ class ArmKinematics:
         self.site_pos = model.site_pos[site_id].copy()
 
     def site_position(self, qpos: np.ndarray) -> np.ndarray:
-        """EE position [N, 3] (world frame, m) for joint positions [N, nq] (or [nq] -> [3])."""
+        """EE position [N, 3] (world frame, m) for joint positions [N, nq] (or [nq] -> [3]).
+
+        A hinge about unit axis k is R(q) = I + sin(q) K + (1 - cos(q)) K^2 (Rodrigues), so
+        rot @ R(q) = rot + sin(q) (rot @ K) + (1 - cos(q)) (rot @ K^2): two products with a
+        CONSTANT 3x3 (one GEMM over all rows each) instead of N stacked 3x3 products, which numpy
+        runs one tiny matrix at a time. Why it matters: MPC evaluates this reward on every
+        candidate x horizon row of every planning tick (BENCHMARKS.md "MPC latency")."""
         q = np.asarray(qpos, dtype=np.float64)
         single = q.ndim == 1
         q = q.reshape(-1, q.shape[-1])
         n = q.shape[0]
-        rot = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        # rows of every rotation stacked: rot [N * 3, 3], so "rot @ constant" is one GEMM
+        rot = np.tile(np.eye(3), (n, 1))
         pos = np.zeros((n, 3))
         for body_pos, body_rot, qadr, axis, anchor in self.links:
-            pos = pos + rot @ body_pos
+            pos = pos + (rot @ body_pos).reshape(n, 3)
             rot = rot @ body_rot
             if qadr is not None:
-                joint_rot = _axis_angle(axis, q[:, qadr])
-                # rotation about an axis through `anchor` (body frame): p -> anchor + R (p - anchor)
-                shift = anchor - np.einsum("nij,j->ni", joint_rot, anchor)
-                pos = pos + np.einsum("nij,nj->ni", rot, shift)
-                rot = rot @ joint_rot
-        out = pos + np.einsum("nij,j->ni", rot, self.site_pos)
+                k = _skew(axis / np.linalg.norm(axis))
+                k2 = k @ k
+                s = np.sin(q[:, qadr])
+                c1 = 1.0 - np.cos(q[:, qadr])
+                # rotation about an axis through `anchor` (body frame): p -> anchor + R (p - anchor),
+                # i.e. a shift anchor - R anchor = -(sin K + (1 - cos) K^2) anchor, and
+                # rot @ shift = -(sin (rot @ K anchor) + (1 - cos) (rot @ K^2 anchor))
+                pos = pos - s[:, None] * (rot @ (k @ anchor)).reshape(n, 3)
+                pos = pos - c1[:, None] * (rot @ (k2 @ anchor)).reshape(n, 3)
+                s3, c3 = np.repeat(s, 3)[:, None], np.repeat(c1, 3)[:, None]
+                rot = rot + s3 * (rot @ k) + c3 * (rot @ k2)
+        out = pos + (rot @ self.site_pos).reshape(n, 3)
         return out[0] if single else out
 
 
-def _axis_angle(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues' formula, batched over angles: [N] -> [N, 3, 3]."""
-    x, y, z = axis / np.linalg.norm(axis)
-    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
-    return np.eye(3) + s * k + (1.0 - c) * (k @ k)
+def _skew(axis: np.ndarray) -> np.ndarray:
+    """The cross-product matrix K of a unit axis (K v = axis x v)."""
+    x, y, z = axis
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
 
 
 @functools.lru_cache(maxsize=4)
