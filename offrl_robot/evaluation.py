@@ -63,6 +63,7 @@ def evaluate(
     action_high: np.ndarray,
     device: torch.device,
     facts: TaskInfo | None = None,
+    on_reset: Callable[[], None] | None = None,
 ) -> list[SeedEval]:
     """Run `episodes` deterministic episodes per seed; one env per seed, stepped in lock-step.
 
@@ -70,6 +71,8 @@ def evaluate(
     An arm task counts an episode as a success when `info["is_success"]` holds at its last step,
     and reports the mean end-effector-to-goal `info["distance"]` (m) at the last step: success
     is a strict threshold (2 cm for ArmReach), the distance shows how close a policy gets.
+    `on_reset` is called before each episode: a stateful controller (MPC's warm-start plan and
+    last command) starts every episode fresh, as it would after a reset on the robot.
     """
     facts = task_info(task) if facts is None else facts
     num_seeds = len(seeds)
@@ -84,6 +87,8 @@ def evaluate(
     final_distance = np.full((num_seeds, episodes), np.nan)
     try:
         for episode in range(episodes):
+            if on_reset is not None:
+                on_reset()
             obs = np.stack(
                 [np.asarray(env.reset(seed=eval_seed + episode)[0], np.float32).reshape(-1) for env in envs]
             )

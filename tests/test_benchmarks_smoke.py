@@ -43,3 +43,30 @@ def test_train_throughput_rejects_unknown_algorithm(run_child) -> None:
     )
     assert result.returncode == 2
     assert "unknown --algos" in result.stdout
+
+
+def test_model_based_quality_runs_every_method_and_prints_the_table(run_child, tmp_path: Path) -> None:
+    """benchmarks/model_based_quality.py end to end at toy size: MPC through the exported
+    controller, MOPO, CQL and IQL through the Trainer, one table row per dataset (~15 s here)."""
+    out_json = tmp_path / "rows.json"
+    result = run_child.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "model_based_quality.py"),
+            "--seeds=0",
+            "--arm-datasets=expert",
+            "--episodes=2",
+            "--steps=20",
+            "--dynamics-steps=20",
+            "--eval-episodes=1",
+            "--workers=1",
+            f"--json={out_json}",
+        ],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ArmReach expert |")]
+    assert len(rows) == 1 and "not run" not in rows[0], result.stdout
+    data = json.loads(out_json.read_text())
+    assert sorted(r["method"] for r in data["rows"]) == ["cql", "iql", "mopo", "mpc"]
+    assert all(r["success_rate"] is not None and r["seed"] == 0 for r in data["rows"])
