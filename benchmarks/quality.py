@@ -58,6 +58,7 @@ class Job:
     eval_episodes: int
     precision: str = "fp32"
     peer_compile: bool = False
+    algo_config: tuple[tuple[str, Any], ...] = ()  # ours: hyper-parameters other than the defaults
 
 
 # --------------------------------------------------------------------------------- datasets
@@ -146,6 +147,10 @@ def _train_ours(job: Job, dataset: Any) -> list[dict[str, Any]]:
         values["accelerate"] = job.accelerate
     if job.precision != "fp32":
         values["precision"] = job.precision
+    if job.algo_config:
+        values["algo_config"] = dict(job.algo_config)
+        if any(key.endswith("schedule_steps") for key, _ in job.algo_config):
+            values["accelerate"] = "none"  # a CUDA graph cannot follow an LR schedule
     with tempfile.TemporaryDirectory() as tmp:
         summary = Trainer(TrainConfig(**values), dataset=dataset, run_dir=Path(tmp) / "run").fit()
     return [
@@ -234,6 +239,20 @@ def _train_d3rlpy(job: Job, dataset: Any) -> list[dict[str, Any]]:
     return results
 
 
+def _parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """ "cql:lagrange=true;conservative_weight=10" -> ("cql", (("lagrange", True), ...))."""
+    import yaml
+
+    algo, _, body = text.partition(":")
+    pairs = []
+    for item in filter(None, body.split(";")):
+        key, _, value = item.partition("=")
+        pairs.append((key.strip(), yaml.safe_load(value)))
+    if not algo or not pairs:
+        raise SystemExit(f"--variant {text!r}: write ALGO:key=value[;key=value]")
+    return algo.strip(), tuple(pairs)
+
+
 # ------------------------------------------------------------------------------------ table
 def _mean_std(values: list[float | None]) -> str:
     vals = [v for v in values if v is not None]
@@ -258,6 +277,13 @@ def main() -> int:
     )
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra rows of ours with other hyper-parameters, e.g. cql:lagrange=true (repeatable; "
+        "ALGO:key=value[;key=value]; values parsed as YAML)",
+    )
     parser.add_argument("--skip-arm", action="store_true", help="only the Hopper datasets (--hopper-prefix)")
     parser.add_argument(
         "--peer-cpu-algos",
@@ -281,6 +307,7 @@ def main() -> int:
     algos = [a for a in args.algos.split(",") if a]
     seeds = tuple(int(s) for s in args.seeds.split(","))
     peer_cpu_algos = {a for a in args.peer_cpu_algos.split(",") if a}
+    variants = [_parse_variant(v) for v in args.variant]
     bf16_algos = {a for a in args.bf16_algos.split(",") if a}
     if bf16_algos and not args.device.startswith("cuda"):
         parser.error("--bf16-algos needs --device cuda (precision bf16 is a CUDA mode)")
@@ -315,6 +342,10 @@ def main() -> int:
                     device=args.device, accelerate=args.accelerate, eval_episodes=args.eval_episodes
                 )
                 jobs.append(Job(library="ours", seeds=seeds, **common))
+                for variant_algo, overrides in variants:
+                    if variant_algo == algo:
+                        label = "ours " + ";".join(f"{k}={v}" for k, v in overrides)
+                        jobs.append(Job(library=label, seeds=seeds, algo_config=overrides, **common))
                 if algo in bf16_algos:
                     jobs.append(Job(library="ours-bf16", seeds=seeds, precision="bf16", **common))
                 if not args.no_peer:
@@ -394,7 +425,7 @@ def main() -> int:
             )
     extra = sorted({k[2] for k in merged} - {"ours", "d3rlpy"})
     for library in extra:
-        print(f"\n## {library} (same runs, another precision), next to ours fp32 and d3rlpy")
+        print(f"\n## {library} (other settings of ours), next to ours defaults and d3rlpy")
         print(
             f"| dataset | algo | {library} success | ours success | d3rlpy success | {library} return | ours return | d3rlpy return |"
         )

@@ -81,12 +81,12 @@ def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
     if precision == "fp32" or device.type != "cuda":
         yield
     elif precision == "tf32":
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
+        previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")  # "high" = TF32 tensor cores for fp32 matmuls
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
+            torch.set_float32_matmul_precision(previous)
     else:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             yield

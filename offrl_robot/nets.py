@@ -92,6 +92,14 @@ class EnsembleAffine(torch.autograd.Function):
                     .sum(1)
                 )
         grad_b = grad.sum(1, keepdim=True) if need_b else None
+        # Under bf16 autocast the products above are bf16; hand back each gradient in its
+        # input's dtype (fp32 weights get fp32 gradients; torch.compile insists on it).
+        if grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+        if grad_w is not None:
+            grad_w = grad_w.to(weight.dtype)
+        if grad_b is not None:
+            grad_b = grad_b.to(weight.dtype)
         return grad_x, grad_w, grad_b
 
 
