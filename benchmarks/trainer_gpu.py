@@ -68,6 +68,9 @@ class SyncCheckTrainer(Trainer):
 
 
 def config(algo: str, seeds: list[int], steps: int, **extra: Any) -> TrainConfig:
+    algo_config: dict[str, Any] = {"hidden_sizes": [256, 256]}
+    if algo == "mopo":  # MOPO first fits its own dynamics ensemble: keep that fit short here
+        algo_config["dynamics_steps"] = 200
     return TrainConfig(
         algo=algo,
         steps=steps,
@@ -78,7 +81,7 @@ def config(algo: str, seeds: list[int], steps: int, **extra: Any) -> TrainConfig
         checkpoint_every=0,
         progress=False,
         device="cuda",
-        algo_config={"hidden_sizes": [256, 256]},
+        algo_config=algo_config,
         **extra,
     )
 

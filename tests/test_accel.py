@@ -164,7 +164,7 @@ def test_trainer_on_cpu_with_graph_requested_trains_exactly_like_eager(tmp_path)
 def test_precision_other_than_fp32_is_refused_on_the_cpu() -> None:
     from offrl_robot.train import TrainConfig
 
-    with pytest.raises(ConfigError, match="precision.*needs device: cuda"):
+    with pytest.raises(ConfigError, match=r"precision.*needs device: cuda"):
         TrainConfig(device="cpu", precision="bf16")
     with pytest.raises(ConfigError, match="'precision' is 'fp16'"):
         TrainConfig(device="cuda", precision="fp16")
