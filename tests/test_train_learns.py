@@ -1,16 +1,22 @@
 """Each algorithm learns ArmReach from scripted-expert data on the CPU within a small budget.
 
-Baseline: holding still (the zero velocity command, ArmReach's safe action) on the very same
-evaluation episodes. Its final distance is the initial EE-to-goal distance, and it already scores
-~30 normalised (0 = uniform random policy, 100 = scripted expert), because random flailing is
-far worse than standing still. A policy has learned to reach when it ends clearly closer to the
-goal than where it started (final distance at most 75 % of the baseline's) and its normalised
-score is clearly above the baseline's (+15).
+Data: 100 episodes of the scripted expert executed with Gaussian action noise (0.3 of each
+joint's range), as D4RL's expert data comes from a stochastic expert: noise-free expert data
+gives the value-based learners no action coverage (TD3+BC, CQL and BCQ all end at success 0 on
+it even after 20,000 full-size updates: BENCHMARKS.md, Quality).
 
-Budgets are tiny (64x64 nets, hundreds to a few thousand updates, 1 CPU thread) so the whole
-module stays within ~150 s on the shared 2-core machine. Honest limit: at these budgets no
-algorithm meets ArmReach's strict 2 cm success criterion (success rate ~0, printed with
-`pytest -s`); BC needs ~8000 updates to reach 0.1.
+Baselines, on the very same evaluation episodes: the uniform random policy and holding still
+(the zero velocity command, ArmReach's safe action) both have success rate 0 (the goal is never
+within 2 cm). Holding still already scores ~30 normalised (0 = random, 100 = scripted expert).
+Every algorithm must end clearly closer to the goal than where it started (final distance at
+most 75 % of holding still's) and score clearly above holding still (+15). Where the budget
+reaches ArmReach's strict 2 cm success criterion (`MIN_SUCCESS`), the success rate must be
+clearly above the random policy's 0.
+
+Budgets are small (64x64 or 128x128 nets, thousands of updates, 1 CPU thread) so the module
+stays within ~3 minutes on a 2-core machine. Honest limit: at these budgets IQL ends at ~0.10
+success, CQL and BCQ at 0-0.10 (BCQ: 0.10 after 8,000 updates of 128x128 nets, 110 s; CQL: 0
+after 6,000, ~8-12 cm from the goal); their success is printed (`pytest -s`) but not asserted.
 """
 
 from __future__ import annotations
@@ -29,25 +35,26 @@ from offrl_robot.evaluation import SeedEval, evaluate
 from offrl_robot.sim import task_info
 from offrl_robot.train import TrainConfig, Trainer
 
-EVAL_EPISODES = 10
+EVAL_EPISODES = 20
 EVAL_SEED = TrainConfig().eval_seed
 
-# algo -> (updates, extra hyper-parameters). TD3+BC gets alpha 0.1 (paper: 2.5): after 3000
-# updates its critic's action-gradient is still poor, and at alpha 2.5 (0.25) the policy ends as
-# far from the goal as holding still (measured: final distance 0.45 m vs 0.47 m at alpha 0.25).
+# algo -> (updates, hyper-parameters). Learning rates above the D4RL defaults and a cosine
+# decay where the algorithm has one: both shorten the way to precise reaching.
 BUDGETS: dict[str, tuple[int, dict[str, object]]] = {
-    "bc": (2000, {}),
-    "iql": (2000, {}),
-    "td3bc": (3000, {"alpha": 0.1}),
-    "cql": (1200, {}),
-    "bcq": (800, {"vae_hidden_sizes": [64, 64]}),
+    "bc": (10_000, {"hidden_sizes": [64, 64], "learning_rate": 1e-3, "lr_schedule_steps": 10_000}),
+    "iql": (8_000, {"hidden_sizes": [64, 64], "actor_lr_schedule_steps": 8_000}),
+    "td3bc": (16_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "critic_lr": 1e-3}),
+    "cql": (2_000, {"hidden_sizes": [64, 64]}),
+    "bcq": (3_000, {"hidden_sizes": [64, 64], "vae_hidden_sizes": [64, 64]}),
 }
+# Success rate each must reach (measured at these budgets on this data: bc 0.35, td3bc 0.20).
+MIN_SUCCESS: dict[str, float] = {"bc": 0.2, "td3bc": 0.1}
 
 
 @pytest.fixture(scope="module")
 def expert_data() -> Dataset:
-    """40 scripted-expert episodes (6000 transitions) with 10 % action noise for coverage."""
-    return collect("ArmReach-v0", "scripted-expert", episodes=40, seed=0, noise=0.1).dataset
+    """100 noisy scripted-expert episodes (15,000 transitions)."""
+    return collect("ArmReach-v0", "scripted-expert", episodes=100, seed=0, noise=0.3).dataset
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +83,11 @@ def test_algorithm_learns_arm_reach(
     steps, extra = BUDGETS[algo]
     config = TrainConfig(
         algo=algo,
-        algo_config={"hidden_sizes": [64, 64], **extra},
+        algo_config=extra,
         task="ArmReach-v0",
         steps=steps,
         seeds=[0],
-        batch_size=128,
+        batch_size=256,
         eval_every=0,
         eval_episodes=EVAL_EPISODES,
         eval_seed=EVAL_SEED,
@@ -99,3 +106,6 @@ def test_algorithm_learns_arm_reach(
     )
     assert result["final_distance"] <= 0.75 * hold_still.final_distance
     assert result["normalized_score"] >= hold_still.normalized_score + 15
+    assert hold_still.success_rate == 0.0  # the baseline: never within 2 cm (as the random policy)
+    if algo in MIN_SUCCESS:
+        assert result["success_rate"] >= MIN_SUCCESS[algo]
