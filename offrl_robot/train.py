@@ -34,6 +34,7 @@ import re
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,7 +367,12 @@ class Trainer:
         dataset: Dataset | None = None,
         run_dir: str | Path | None = None,
         resume: bool = False,
+        on_checkpoint: Callable[[int, Path, dict[str, Any] | None], None] | None = None,
     ) -> None:
+        """on_checkpoint(step, checkpoint_path, evaluation): called after each checkpoint is
+        written, with the evaluation made at that same step (None if none was): the hook a
+        scheduler (Ray Tune in `offrl_robot.scale.sweep`) reports through."""
+        self.on_checkpoint = on_checkpoint
         self.config = config.validate()
         self.algo_cls = resolve_algo(config.algo)
         if dataset is None:
@@ -700,6 +706,9 @@ class Trainer:
                             progress.set_postfix_str(_eval_postfix(last_eval))
                     if ckpt_now:
                         checkpoint_path = self._save_checkpoint(step)
+                        if self.on_checkpoint is not None:
+                            same_step = last_eval is not None and last_eval.get("step") == step
+                            self.on_checkpoint(step, checkpoint_path, last_eval if same_step else None)
                     interval_start = time.perf_counter()
                     interval_steps = 0
             if checkpoint_path is None:  # resumed at the very end: nothing left to run

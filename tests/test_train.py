@@ -357,3 +357,20 @@ def test_train_cli_end_to_end(arm_data: Dataset, tmp_path: Path, capsys: pytest.
         == 2
     )
     assert "unknown algorithm 'nope'" in capsys.readouterr().err
+
+
+def test_on_checkpoint_hook_gets_each_checkpoint_with_its_same_step_evaluation(
+    arm_data: Dataset, tmp_path: Path
+) -> None:
+    """The public hook schedulers report through (the Ray sweep does): one call per checkpoint,
+    in order, with the evaluation made at that step, or None when there was none."""
+    calls: list[tuple[int, Path, dict | None]] = []
+    config = small_config(task="ArmReach-v0", steps=60, eval_every=20, checkpoint_every=30)
+    Trainer(
+        config, dataset=arm_data, run_dir=tmp_path / "run", on_checkpoint=lambda *a: calls.append(a)
+    ).fit()
+    assert [step for step, _, _ in calls] == [30, 60]
+    assert [path.name for _, path, _ in calls] == ["step_00000030.pt", "step_00000060.pt"]
+    assert all(path.is_file() for _, path, _ in calls)
+    assert calls[0][2] is None  # evaluations ran at 20, 40, 60: none at step 30
+    assert calls[1][2] is not None and calls[1][2]["step"] == 60

@@ -307,38 +307,20 @@ def check_trials(trials: list[Trial]) -> None:
 
 
 # ---------------------------------------------------------------------------------- trial body
-def _tune_trainer_class() -> type:
-    """A Trainer that reports each evaluation + checkpoint to Tune (built lazily: imports torch)."""
+def _report_to_tune(step: int, path: Path, evaluation: dict[str, Any] | None) -> None:
+    """Trainer.on_checkpoint hook: each Trainer checkpoint becomes a Tune checkpoint. The sweep
+    sets checkpoint_every = eval_every, so the Trainer evaluates just before it checkpoints at
+    the same step and each report carries the evaluation of exactly the weights it holds."""
     from ray import tune
 
-    from offrl_robot.train import Trainer
-
-    class TuneTrainer(Trainer):
-        """Trainer whose checkpoints are Tune checkpoints too. Trainer evaluates just before it
-        checkpoints at the same step (the sweep sets checkpoint_every = eval_every), so each
-        report carries the evaluation of exactly the weights in its checkpoint."""
-
-        _pending_eval: dict[str, Any] | None = None
-
-        def _evaluate(self, step: int) -> dict[str, Any] | None:
-            result = super()._evaluate(step)
-            self._pending_eval = result
-            return result
-
-        def _save_checkpoint(self, step: int) -> Path:
-            path = super()._save_checkpoint(step)
-            metrics: dict[str, Any] = {"step": step}
-            evaluation, self._pending_eval = self._pending_eval, None
-            for key in METRICS:
-                if evaluation and key in evaluation:
-                    metrics[key] = evaluation[key]["mean"]
-                    metrics[f"{key}_std"] = evaluation[key]["std"]
-            with tempfile.TemporaryDirectory(prefix="offrl-tune-ckpt-") as folder:
-                shutil.copy2(path, Path(folder) / path.name)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-            return path
-
-    return TuneTrainer
+    metrics: dict[str, Any] = {"step": step}
+    for key in METRICS:
+        if evaluation and key in evaluation:
+            metrics[key] = evaluation[key]["mean"]
+            metrics[f"{key}_std"] = evaluation[key]["std"]
+    with tempfile.TemporaryDirectory(prefix="offrl-tune-ckpt-") as folder:
+        shutil.copy2(path, Path(folder) / path.name)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _restore_from_tune(run_dir: Path, checkpoint: Any) -> int:
@@ -368,7 +350,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune trainable: one Trainer run, resumed from Tune's checkpoint after a failure."""
     from ray import tune
 
-    from offrl_robot.train import TrainConfig, list_checkpoints
+    from offrl_robot.train import TrainConfig, Trainer, list_checkpoints
 
     trial = config["trial"]
     run_dir = Path(config["runs_root"]) / trial["name"]
@@ -382,10 +364,11 @@ def run_trial(config: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     entry = json.dumps({"pid": os.getpid(), "resumed_from_step": resumed_from})
     atomic_write_text(attempts, history + entry + "\n")
-    trainer = _tune_trainer_class()(
+    trainer = Trainer(
         TrainConfig.from_dict(train, source=f"sweep trial {trial['name']}"),
         run_dir=run_dir,
         resume=resumed_from is not None,
+        on_checkpoint=_report_to_tune,
     )
     trainer.fit()
 
