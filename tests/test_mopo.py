@@ -230,3 +230,24 @@ def test_mopo_from_defaults_exports_through_the_cli(
     expected = algo.act(normed.unsqueeze(0))[0].numpy()  # actions in [-1, 1] == physical here
     (got,) = session.run(None, {session.get_inputs()[0].name: obs})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mopo_policy_runs_through_the_validation_gate(tmp_path: Path) -> None:
+    """A MOPO policy trained on ArmReach data goes through `offrl-robot validate` like any MLP
+    policy: the gate evaluates it in MuJoCo and writes its verdict into the card. (A 40-update
+    policy fails the success threshold: exit 3, verdict recorded, nothing else changed.)"""
+    from offrl_robot.data.collect import collect
+
+    dataset = collect("ArmReach-v0", "scripted-expert", episodes=4, seed=0, noise=0.3).dataset
+    config = own_config(40, [0])
+    config.task = "ArmReach-v0"
+    run = tmp_path / "run"
+    Trainer(config, dataset=dataset, run_dir=run).fit()
+    model = tmp_path / "mopo.onnx"
+    assert cli.main(["export", str(run), "--out", str(model)]) == 0
+    code = cli.main(["validate", str(model), "--episodes", "2", "--no-report"])
+    assert code in (0, 3)  # 0 = passed, 3 = a threshold failed; anything else is an error
+    card = yaml.safe_load(model.with_suffix(".card.yaml").read_text())
+    assert card["training"]["algorithm"] == "mopo"
+    assert card["validation"]["passed"] is (code == 0)
+    assert card["validation"]["metrics"]["success_rate"] is not None
