@@ -14,9 +14,10 @@ reaches ArmReach's strict 2 cm success criterion (`MIN_SUCCESS`), the success ra
 clearly above the random policy's 0.
 
 Budgets are small (64x64 or 128x128 nets, thousands of updates, 1 CPU thread) so the module
-stays within ~3 minutes on a 2-core machine. Honest limit: at these budgets IQL ends at ~0.10
-success, CQL and BCQ at 0-0.10 (BCQ: 0.10 after 8,000 updates of 128x128 nets, 110 s; CQL: 0
-after 6,000, ~8-12 cm from the goal); their success is printed (`pytest -s`) but not asserted.
+stays within ~3 minutes on a 2-core machine. Honest limit: at CPU-test budgets CQL and BCQ do
+not reach 2 cm reliably (BCQ: 0.10 success after 8,000 updates of 128x128 nets, 110 s; CQL: 0
+after 6,000 with raised learning rates, 8-12 cm from the goal); their success is printed
+(`pytest -s`) but not asserted, only their distance and score.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ EVAL_SEED = TrainConfig().eval_seed
 # decay where the algorithm has one: both shorten the way to precise reaching.
 BUDGETS: dict[str, tuple[int, dict[str, object]]] = {
     "bc": (10_000, {"hidden_sizes": [64, 64], "learning_rate": 1e-3, "lr_schedule_steps": 10_000}),
-    "iql": (8_000, {"hidden_sizes": [64, 64], "actor_lr_schedule_steps": 8_000}),
+    "iql": (8_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "actor_lr_schedule_steps": 8_000}),
     "td3bc": (16_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "critic_lr": 1e-3}),
     "cql": (2_000, {"hidden_sizes": [64, 64]}),
     "bcq": (3_000, {"hidden_sizes": [64, 64], "vae_hidden_sizes": [64, 64]}),
 }
-# Success rate each must reach (measured at these budgets on this data: bc 0.35, td3bc 0.20).
-MIN_SUCCESS: dict[str, float] = {"bc": 0.2, "td3bc": 0.1}
+# Success rate each must reach (measured at these budgets on this data: bc 0.35, td3bc 0.20,
+# iql 0.15).
+MIN_SUCCESS: dict[str, float] = {"bc": 0.2, "td3bc": 0.1, "iql": 0.1}
 
 
 @pytest.fixture(scope="module")
