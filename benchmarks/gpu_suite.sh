@@ -40,7 +40,7 @@ echo "gpus $num_gpus, cores $cores, quality workers $workers each, $steps update
 (
     CUDA_VISIBLE_DEVICES=$arm_gpus python3 benchmarks/quality.py --device cuda --steps "$steps" \
         --episodes 200 --eval-episodes 20 --workers "$workers" --peer-cpu-algos bc,td3bc,iql \
-        --peer-compile --bf16-algos cql --json "$out/quality_arm.json"
+        --peer-compile-algos cql --bf16-algos cql --json "$out/quality_arm.json"
 ) >"$out/quality_arm.log" 2>&1 &
 
 (
@@ -50,11 +50,12 @@ echo "gpus $num_gpus, cores $cores, quality workers $workers each, $steps update
         --episodes 200 --random-episodes 2000 --root "$out/minari" || exit 1
     CUDA_VISIBLE_DEVICES=$(gpu 1),$arm_gpus python3 benchmarks/quality.py --device cuda --steps "$steps" \
         --skip-arm --hopper-prefix hopper --minari-root "$out/minari" --eval-episodes 10 \
-        --workers "$workers" --peer-cpu-algos bc,td3bc,iql --peer-compile --json "$out/quality_hopper.json" \
+        --workers "$workers" --peer-cpu-algos bc,td3bc,iql --peer-compile-algos cql --json "$out/quality_hopper.json" \
         >"$out/quality_hopper.log" 2>&1 &
     if [ -f benchmarks/model_based_quality.py ]; then
         CUDA_VISIBLE_DEVICES=$(gpu 1) python3 benchmarks/model_based_quality.py --device cuda \
-            --hopper-prefix hopper --minari-root "$out/minari" --workers 8 \
+            --steps 50000 --hidden 256 --episodes 200 --dynamics-steps 20000 --eval-episodes 20 \
+            --hopper-prefix hopper --minari-root "$out/minari" --workers 8 --json "$out/model_based.json" \
             >"$out/model_based.log" 2>&1
     fi
     wait
