@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -241,6 +242,75 @@ def run_rounds(
             c.cpu_rates.append(done / max(time.process_time() - c0, 1e-9))
 
 
+# ------------------------------------------------------------------ one process per contender
+ISOLATED_KINDS = ("ours none", "d3rlpy eager", "d3rlpy upd-only")
+
+
+def _isolated_child(conn: Any, kind: str, algo: str, transitions: int, threads: int, warmup: int) -> None:
+    """Build one CPU contender alone in this process, warm it up, then time rounds on request."""
+    torch.set_num_threads(threads or 1)
+    arrays = synthetic_data(transitions)
+    try:
+        if kind == "ours none":
+            step = make_ours(algo, arrays, torch.device("cpu"), 1, "none")
+        else:
+            fit_step, update_step = make_d3rlpy(algo, arrays, torch.device("cpu"), False)
+            step = fit_step if kind == "d3rlpy eager" else update_step
+        for _ in range(warmup):
+            step()
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+        return
+    conn.send(("ready", None))
+    while (request := conn.recv()) is not None:
+        count, max_round_s = request
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = 0
+        while done < count and (done % 10 or time.perf_counter() - t0 < max_round_s):
+            step()
+            done += 1
+        conn.send((done, time.perf_counter() - t0, time.process_time() - c0))
+
+
+def run_rounds_isolated(
+    algo: str, transitions: int, threads: int, steps: int, warmup: int, rounds: int, max_round_s: float
+) -> list[Contender]:
+    """CPU only: each contender lives in its own process (no shared caches, allocator or library
+    state with the other library), and the rounds still alternate between them, so a change in
+    the machine's load hits every contender alike."""
+    ctx = multiprocessing.get_context("spawn")
+    contenders, children = [], []
+    for kind in ISOLATED_KINDS:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_isolated_child, args=(child, kind, algo, transitions, threads, warmup))
+        t0 = time.perf_counter()
+        proc.start()
+        status, detail = parent.recv()
+        contender = Contender(kind, build=lambda: lambda: None, setup_s=time.perf_counter() - t0)
+        if status == "error":
+            contender.error = detail
+            print(f"  {kind}: FAILED {detail}", flush=True)
+        contenders.append(contender)
+        children.append((parent, proc, status == "ready"))
+    per_round = max(1, steps // rounds)
+    try:
+        for _ in range(rounds):
+            for contender, (conn, _, ready) in zip(contenders, children, strict=True):
+                if ready:
+                    conn.send((per_round, max_round_s))
+                    done, wall, cpu = conn.recv()
+                    contender.rates.append(done / wall)
+                    contender.cpu_rates.append(done / max(cpu, 1e-9))
+    finally:
+        for conn, proc, ready in children:
+            if ready:
+                conn.send(None)
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return contenders
+
+
 def build_contenders(
     name: str, arrays: dict[str, np.ndarray], device: torch.device, *, peer: bool, compiled: bool
 ) -> list[Contender]:
@@ -301,9 +371,17 @@ def main() -> int:
         default="fp32,bf16",
         help="cuda: ours' precisions (offrl_robot.accel.PRECISIONS) for the vectorised CQL row",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="cpu: each contender (ours eager, d3rlpy eager, d3rlpy upd-only) in its own process, "
+        "rounds still alternating; without it all share this process",
+    )
     parser.add_argument("--json", type=Path, help="also write all numbers here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.isolate and (device.type != "cpu" or args.no_peer):
+        parser.error("--isolate is for CPU runs against d3rlpy (--device cpu, without --no-peer)")
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here", file=sys.stderr)
         return 2
@@ -335,10 +413,15 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for name in algos:
         print(f"{name} ...", flush=True)
-        contenders = build_contenders(
-            name, arrays, device, peer=not args.no_peer, compiled=not args.no_compile
-        )
-        run_rounds(contenders, device, args.steps, warmup, args.rounds, args.max_round_s)
+        if args.isolate:
+            contenders = run_rounds_isolated(
+                name, args.transitions, args.threads, args.steps, warmup, args.rounds, args.max_round_s
+            )
+        else:
+            contenders = build_contenders(
+                name, arrays, device, peer=not args.no_peer, compiled=not args.no_compile
+            )
+            run_rounds(contenders, device, args.steps, warmup, args.rounds, args.max_round_s)
         row = {"algo": name, "seeds": 1}
         for c in contenders:
             row[c.label] = median(c)
