@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +73,37 @@ def test_model_based_quality_runs_every_method_and_prints_the_table(run_child, t
     data = json.loads(out_json.read_text())
     assert sorted(r["method"] for r in data["rows"]) == ["cql", "iql", "mopo", "mpc"]
     assert all(r["success_rate"] is not None and r["seed"] == 0 for r in data["rows"])
+
+
+def test_train_throughput_isolate_needs_the_peer_on_the_cpu(run_child) -> None:
+    result = run_child.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--isolate", "--no-peer"],
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--isolate is for CPU runs against d3rlpy" in result.stdout
+
+
+def test_train_throughput_isolated_contenders_each_report_a_rate(run_child, tmp_path: Path) -> None:
+    """--isolate: ours and d3rlpy each in a process of their own, both columns filled."""
+    if importlib.util.find_spec("d3rlpy") is None:
+        pytest.skip("d3rlpy is a benchmark extra (make bench-deps), not installed here")
+    out_json = tmp_path / "rows.json"
+    result = run_child.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_throughput.py"),
+            "--steps=4",
+            "--warmup=1",
+            "--rounds=2",
+            "--algos=bc",
+            "--isolate",
+            "--vector-seeds=0",
+            "--transitions=2000",
+            f"--json={out_json}",
+        ],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
+    (row,) = json.loads(out_json.read_text())["rows"]
+    assert row["ours none"] > 0 and row["d3rlpy eager"] > 0 and row["d3rlpy upd-only"] > 0
