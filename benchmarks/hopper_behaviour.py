@@ -89,6 +89,7 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
     step_fn = None
     env = make_env(TASK)
     obs, _ = env.reset(seed=args.seed)
+    cut = np.cumsum([obs_dim, act_dim, 1, obs_dim])  # field boundaries in one transition row
     t0 = time.perf_counter()
     for step in range(capacity):
         if step < args.start_steps:
@@ -100,7 +101,6 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
         next_obs, reward, terminated, truncated, _ = env.step(action)
         row = np.concatenate([obs, action, [reward], next_obs, [float(terminated)]]).astype(np.float32)
         row_t = torch.from_numpy(row).to(device, non_blocking=False)
-        cut = np.cumsum([obs_dim, act_dim, 1, obs_dim])
         buf["observations"][step] = row_t[: cut[0]]
         buf["actions"][step] = row_t[cut[0] : cut[1]]
         buf["rewards"][step] = row_t[cut[1]]

@@ -204,6 +204,22 @@ class Contender:
     error: str | None = None
 
 
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+def _time_round(step: Callable[[], None], count: int, max_round_s: float) -> tuple[int, float, float]:
+    """Run up to `count` steps, stopping early at the per-round time cap (checked every 10
+    steps); return (steps done, wall seconds, CPU seconds of this process). The host clock needs
+    no sync on CUDA: the launch queue bounds how far the host runs ahead of the GPU."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = 0
+    while done < count and (done % 10 or time.perf_counter() - t0 < max_round_s):
+        step()
+        done += 1
+    return done, time.perf_counter() - t0, time.process_time() - c0
+
+
 def run_rounds(
     contenders: list[Contender],
     device: torch.device,
@@ -222,7 +238,7 @@ def run_rounds(
             _sync(device)
             c.setup_s = time.perf_counter() - t0
         except Exception as exc:  # a peer failing must not hide the other numbers
-            c.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            c.error = _error_text(exc)
             print(f"  {c.label}: FAILED {c.error}", flush=True)
     per_round = max(1, steps // rounds)
     for _ in range(rounds):
@@ -230,16 +246,11 @@ def run_rounds(
             if c.step is None:
                 continue
             _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            done = 0
-            # A slow contender stops early at the per-round time cap; the host clock needs no
-            # sync here (the launch queue bounds how far the host runs ahead of the GPU).
-            while done < per_round and (done % 10 or time.perf_counter() - t0 < max_round_s):
-                c.step()
-                done += 1
+            t0 = time.perf_counter()
+            done, _, cpu = _time_round(c.step, per_round, max_round_s)
             _sync(device)
             c.rates.append(done / (time.perf_counter() - t0))
-            c.cpu_rates.append(done / max(time.process_time() - c0, 1e-9))
+            c.cpu_rates.append(done / max(cpu, 1e-9))
 
 
 # ------------------------------------------------------------------ one process per contender
@@ -259,17 +270,11 @@ def _isolated_child(conn: Any, kind: str, algo: str, transitions: int, threads: 
         for _ in range(warmup):
             step()
     except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+        conn.send(("error", _error_text(exc)))
         return
     conn.send(("ready", None))
     while (request := conn.recv()) is not None:
-        count, max_round_s = request
-        t0, c0 = time.perf_counter(), time.process_time()
-        done = 0
-        while done < count and (done % 10 or time.perf_counter() - t0 < max_round_s):
-            step()
-            done += 1
-        conn.send((done, time.perf_counter() - t0, time.process_time() - c0))
+        conn.send(_time_round(step, *request))
 
 
 def run_rounds_isolated(

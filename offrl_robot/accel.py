@@ -108,10 +108,17 @@ class EagerStep:
         self.algo, self.sampler, self.data = algo, sampler, data
         self.precision = precision
         self._device = data["observations"].device
+        # fp32 (and any CPU run) needs no context: keep the per-update hot path free of it.
+        self._plain = precision == "fp32" or self._device.type != "cuda"
+        if not self._plain:
+            with matmul_precision(precision, self._device):  # an unknown precision fails here
+                pass
 
     def __call__(self, step: int) -> tuple[Tensor, UpdateOutput]:
         """Run update number `step` (1-based); return the sampled indices and the update's output."""
         indices, weights = self.sampler.sample(step)
+        if self._plain:
+            return indices, self.algo.update(gather_batch(self.data, indices, weights))
         with matmul_precision(self.precision, self._device):
             return indices, self.algo.update(gather_batch(self.data, indices, weights))
 

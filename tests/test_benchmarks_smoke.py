@@ -6,28 +6,24 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+THROUGHPUT = str(ROOT / "benchmarks" / "train_throughput.py")
+TINY = ["--steps=4", "--warmup=1", "--vector-seeds=0", "--transitions=2000"]
+
+
+def run_throughput(run_child: Any, *args: str, timeout: int = 60) -> Any:
+    """benchmarks/train_throughput.py in a child process with `args`."""
+    return run_child.run([sys.executable, THROUGHPUT, *args], timeout=timeout)
 
 
 def test_train_throughput_runs_and_prints_a_row_per_algorithm(run_child, tmp_path: Path) -> None:
     out_json = tmp_path / "rows.json"
-    result = run_child.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_throughput.py"),
-            "--steps=4",
-            "--warmup=1",
-            "--rounds=1",
-            "--algos=bc,td3bc",
-            "--no-peer",
-            "--vector-seeds=0",
-            "--transitions=2000",
-            f"--json={out_json}",
-        ],
-        timeout=60,
+    result = run_throughput(
+        run_child, *TINY, "--rounds=1", "--algos=bc,td3bc", "--no-peer", f"--json={out_json}"
     )
     assert result.returncode == 0, result.stdout
     rows = [
@@ -40,10 +36,7 @@ def test_train_throughput_runs_and_prints_a_row_per_algorithm(run_child, tmp_pat
 
 
 def test_train_throughput_rejects_unknown_algorithm(run_child) -> None:
-    result = run_child.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--algos=sac", "--no-peer"],
-        timeout=60,
-    )
+    result = run_throughput(run_child, "--algos=sac", "--no-peer")
     assert result.returncode == 2
     assert "unknown --algos" in result.stdout
 
@@ -76,10 +69,7 @@ def test_model_based_quality_runs_every_method_and_prints_the_table(run_child, t
 
 
 def test_train_throughput_isolate_needs_the_peer_on_the_cpu(run_child) -> None:
-    result = run_child.run(
-        [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--isolate", "--no-peer"],
-        timeout=60,
-    )
+    result = run_throughput(run_child, "--isolate", "--no-peer")
     assert result.returncode == 2
     assert "--isolate is for CPU runs against d3rlpy" in result.stdout
 
@@ -89,20 +79,8 @@ def test_train_throughput_isolated_contenders_each_report_a_rate(run_child, tmp_
     if importlib.util.find_spec("d3rlpy") is None:
         pytest.skip("d3rlpy is a benchmark extra (make bench-deps), not installed here")
     out_json = tmp_path / "rows.json"
-    result = run_child.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_throughput.py"),
-            "--steps=4",
-            "--warmup=1",
-            "--rounds=2",
-            "--algos=bc",
-            "--isolate",
-            "--vector-seeds=0",
-            "--transitions=2000",
-            f"--json={out_json}",
-        ],
-        timeout=120,
+    result = run_throughput(
+        run_child, *TINY, "--rounds=2", "--algos=bc", "--isolate", f"--json={out_json}", timeout=120
     )
     assert result.returncode == 0, result.stdout
     (row,) = json.loads(out_json.read_text())["rows"]
