@@ -278,6 +278,9 @@ def main() -> int:
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument(
+        "--no-ours", action="store_true", help="only d3rlpy's runs (e.g. to fill its missing cells)"
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -343,7 +346,8 @@ def main() -> int:
                 common |= dict(
                     device=args.device, accelerate=args.accelerate, eval_episodes=args.eval_episodes
                 )
-                jobs.append(Job(library="ours", seeds=seeds, **common))
+                if not args.no_ours:
+                    jobs.append(Job(library="ours", seeds=seeds, **common))
                 for variant_algo, overrides in variants:
                     if variant_algo == algo:
                         label = "ours " + ";".join(f"{k}={v}" for k, v in overrides)

@@ -11,6 +11,9 @@ What is timed is one training-loop step as each library's own `fit` runs it, log
   d3rlpy  `sample_transition_batch` -> `update` (which converts the batch to tensors and returns
           float metrics), i.e. the body of `d3rlpy ... fit()`
 plus, for reference, d3rlpy's `update` alone on pre-sampled batches ("d3rlpy upd-only").
+Ours runs eager and with `accelerate: compile` (on CUDA also `graph`); on a CPU `compile` is
+Inductor's C++ kernels with no graph. d3rlpy's `compile_graph` is CUDA-only (d3rlpy ignores it
+on a CPU), so on a CPU its eager step is the whole peer.
 Warm-up steps (and any graph capture / torch.compile) are excluded. On a shared CPU the two
 libraries are measured in alternating rounds and the median round is reported, so a load
 spike from another job hits both columns alike.
@@ -254,16 +257,17 @@ def run_rounds(
 
 
 # ------------------------------------------------------------------ one process per contender
-ISOLATED_KINDS = ("ours none", "d3rlpy eager", "d3rlpy upd-only")
+ISOLATED_KINDS = ("ours none", "ours compile", "d3rlpy eager", "d3rlpy upd-only")
 
 
 def _isolated_child(conn: Any, kind: str, algo: str, transitions: int, threads: int, warmup: int) -> None:
     """Build one CPU contender alone in this process, warm it up, then time rounds on request."""
-    torch.set_num_threads(threads or 1)
+    if threads:  # 0 keeps torch's default (all cores), as in the parent process
+        torch.set_num_threads(threads)
     arrays = synthetic_data(transitions)
     try:
-        if kind == "ours none":
-            step = make_ours(algo, arrays, torch.device("cpu"), 1, "none")
+        if kind.startswith("ours "):
+            step = make_ours(algo, arrays, torch.device("cpu"), 1, kind.removeprefix("ours "))
         else:
             fit_step, update_step = make_d3rlpy(algo, arrays, torch.device("cpu"), False)
             step = fit_step if kind == "d3rlpy eager" else update_step
@@ -278,14 +282,21 @@ def _isolated_child(conn: Any, kind: str, algo: str, transitions: int, threads: 
 
 
 def run_rounds_isolated(
-    algo: str, transitions: int, threads: int, steps: int, warmup: int, rounds: int, max_round_s: float
+    algo: str,
+    transitions: int,
+    threads: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    max_round_s: float,
+    kinds: tuple[str, ...] = ISOLATED_KINDS,
 ) -> list[Contender]:
     """CPU only: each contender lives in its own process (no shared caches, allocator or library
     state with the other library), and the rounds still alternate between them, so a change in
     the machine's load hits every contender alike."""
     ctx = multiprocessing.get_context("spawn")
     contenders, children = [], []
-    for kind in ISOLATED_KINDS:
+    for kind in kinds:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_isolated_child, args=(child, kind, algo, transitions, threads, warmup))
         t0 = time.perf_counter()
@@ -319,9 +330,10 @@ def run_rounds_isolated(
 def build_contenders(
     name: str, arrays: dict[str, np.ndarray], device: torch.device, *, peer: bool, compiled: bool
 ) -> list[Contender]:
-    """Ours (eager; on CUDA also graph and compile) and d3rlpy (eager, update-only, compile_graph)."""
+    """Ours (eager, compile; on CUDA also graph) and d3rlpy (eager, update-only; on CUDA
+    compile_graph, which d3rlpy ignores on a CPU)."""
     cuda = device.type == "cuda"
-    modes = ["none", "graph", *(["compile"] if compiled else [])] if cuda else ["none"]
+    modes = ["none", *(["graph"] if cuda else []), *(["compile"] if compiled else [])]
     contenders = [
         Contender(f"ours {m}", functools.partial(make_ours, name, arrays, device, 1, m)) for m in modes
     ]
@@ -366,7 +378,7 @@ def main() -> int:
     parser.add_argument("--transitions", type=int, default=100_000)
     parser.add_argument("--no-peer", action="store_true", help="skip d3rlpy (ours only)")
     parser.add_argument(
-        "--no-compile", action="store_true", help="cuda: skip the compile rows (ours and d3rlpy)"
+        "--no-compile", action="store_true", help="skip the compile rows (ours and, on CUDA, d3rlpy)"
     )
     parser.add_argument(
         "--tf32", action="store_true", help="cuda: TF32 matmuls for BOTH libraries (default fp32)"
@@ -419,8 +431,9 @@ def main() -> int:
     for name in algos:
         print(f"{name} ...", flush=True)
         if args.isolate:
+            kinds = tuple(k for k in ISOLATED_KINDS if not (args.no_compile and k == "ours compile"))
             contenders = run_rounds_isolated(
-                name, args.transitions, args.threads, args.steps, warmup, args.rounds, args.max_round_s
+                name, args.transitions, args.threads, args.steps, warmup, args.rounds, args.max_round_s, kinds
             )
         else:
             contenders = build_contenders(
@@ -469,18 +482,18 @@ def main() -> int:
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------------------ table
-    ours_best_label = "ours graph" if cuda else "ours none"
-    cols = ["ours none"] + (["ours graph"] + ([] if args.no_compile else ["ours compile"]) if cuda else [])
+    cols = ["ours none", *(["ours graph"] if cuda else []), *([] if args.no_compile else ["ours compile"])]
+    # The ratio columns: ours' default GPU mode (graph) or, on a CPU, eager and compile.
+    ratio_ours = ["ours graph"] if cuda else [c for c in cols if c in ("ours none", "ours compile")]
     peer_cols = [] if args.no_peer else ["d3rlpy eager", "d3rlpy upd-only"]
     if cuda and not args.no_peer and not args.no_compile:
         peer_cols.append("d3rlpy compile_graph")
     print("\n## Updates/s (median of rounds; seed-updates/s = updates/s x S)")
     titles = {"ours none": "ours eager", "ours graph": "ours graph", "ours compile": "ours compile"}
     head = ["algo", *[titles[c] for c in cols], *peer_cols]
+    ratio_peers = ["d3rlpy eager"] + (["d3rlpy compile_graph"] if "d3rlpy compile_graph" in peer_cols else [])
     if peer_cols:
-        head += ["ours/d3rlpy eager"] + (
-            ["ours/d3rlpy compiled"] if "d3rlpy compile_graph" in peer_cols else []
-        )
+        head += [f"{titles[o]} / {p}" for o in ratio_ours for p in ratio_peers]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for row in rows:
@@ -490,12 +503,10 @@ def main() -> int:
             v = row.get(c)
             cells.append(fmt(v) + (f" ({fmt(v * s)} seed-upd/s)" if v is not None and s > 1 else ""))
         if peer_cols and s == 1:
-            ours = row.get(ours_best_label) or row.get("ours none")
-            for peer in ["d3rlpy eager"] + (
-                ["d3rlpy compile_graph"] if "d3rlpy compile_graph" in peer_cols else []
-            ):
-                theirs = row.get(peer)
-                cells.append(f"{ours / theirs:.2f}x" if ours and theirs else "—")
+            for label in ratio_ours:
+                for peer in ratio_peers:
+                    ours, theirs = row.get(label), row.get(peer)
+                    cells.append(f"{ours / theirs:.2f}x" if ours and theirs else "—")
         elif peer_cols:
             cells += ["—"] * (len(head) - len(cells))
         print("| " + " | ".join(cells) + " |")
@@ -507,16 +518,29 @@ def main() -> int:
                     print(f"- {label}: {fmt(v)} ({fmt(v * row['seeds'])} seed-upd/s)")
     if not cuda and peer_cols:
         # On a CPU shared with other jobs, wall time depends on their load; CPU time of this
-        # process (both libraries run single-threaded here) is the fairer cost measure.
+        # process is the fairer cost measure (with several threads it counts every core used).
         print("\n## Updates per CPU-second of this process (process_time; insensitive to other jobs' load)")
-        print("| algo | ours eager | d3rlpy eager | ours/d3rlpy |")
-        print("|---|---|---|---|")
+        print(
+            "| algo | "
+            + " | ".join(titles[o] for o in ratio_ours)
+            + " | d3rlpy eager | "
+            + " | ".join(f"{titles[o]} / d3rlpy" for o in ratio_ours)
+            + " |"
+        )
+        print("|---|" + "---|" * (2 * len(ratio_ours) + 1))
         for row in rows:
             if row["seeds"] != 1:
                 continue
-            ours, theirs = row.get("ours none per_cpu_s"), row.get("d3rlpy eager per_cpu_s")
-            ratio = f"{ours / theirs:.2f}x" if ours and theirs else "—"
-            print(f"| {row['algo']} | {fmt(ours)} | {fmt(theirs)} | {ratio} |")
+            ours = [row.get(o + " per_cpu_s") for o in ratio_ours]
+            theirs = row.get("d3rlpy eager per_cpu_s")
+            ratios = [f"{o / theirs:.2f}x" if o and theirs else "—" for o in ours]
+            print(
+                f"| {row['algo']} | "
+                + " | ".join(fmt(o) for o in ours)
+                + f" | {fmt(theirs)} | "
+                + " | ".join(ratios)
+                + " |"
+            )
     errors = {k: v for row in rows for k, v in row.items() if k.endswith(" error")}
     for row in rows:
         for k, v in row.items():

@@ -338,6 +338,49 @@ def test_iql_value_loss_is_the_expectile_of_target_q_minus_v() -> None:
     torch.testing.assert_close(got, expected.mean(-1))
 
 
+def _episodes_dataset(returns_per_step: list[float], length: int = 4):
+    """A Dataset of len(returns_per_step) episodes whose rewards are constant within an episode."""
+    import numpy as np
+
+    from offrl_robot.data.dataset import Dataset, DatasetMetadata
+
+    n = length * len(returns_per_step)
+    starts = np.zeros(n, bool)
+    starts[::length] = True
+    meta = DatasetMetadata(
+        [f"o{i}" for i in range(OBS)], [f"a{i}" for i in range(ACT)], [-1.0] * ACT, [1.0] * ACT, 10.0
+    )
+    obs = np.zeros((n, OBS), np.float32)
+    rewards = np.repeat(np.asarray(returns_per_step, np.float32), length)
+    return Dataset(obs, np.zeros((n, ACT)), rewards, obs, np.zeros(n), np.zeros(n), starts, meta)
+
+
+def test_iql_normalize_reward_scales_rewards_by_the_return_range() -> None:
+    """normalize_reward: rewards x 1000 / (max - min episode return) in the TD target, kept in
+    the module state (checkpoints, resume); off by default."""
+    data = _episodes_dataset([1.0, -0.5, 2.0])  # episode returns 4, -2, 8: range 10
+    plain = make_algo("iql")
+    plain.prepare(data)
+    assert plain.reward_scale.tolist() == [1.0]
+    algo = make_algo("iql", 2, normalize_reward=True)
+    algo.prepare(data)
+    assert algo.state_dict()["reward_scale"].tolist() == pytest.approx([100.0, 100.0])
+
+    # The Q regression target is r * scale + gamma * V(s'): zero the discount to see it.
+    batch = make_batch(1, terminal=True)
+    torch.manual_seed(0)
+    scaled, unscaled = (make_algo("iql", normalize_reward=True), make_algo("iql"))
+    scaled.reward_scale.fill_(100.0)
+    loss_scaled = scaled.update(batch).metrics["critic_loss"]
+    loss_plain = unscaled.update(dataclasses.replace(batch, rewards=batch.rewards * 100.0)).metrics[
+        "critic_loss"
+    ]
+    torch.testing.assert_close(loss_scaled, loss_plain)
+
+    with pytest.raises(ConfigError, match=r"normalize_reward.*same return"):
+        make_algo("iql", normalize_reward=True).prepare(_episodes_dataset([1.0, 1.0]))
+
+
 def test_td3bc_actor_loss_is_normalised_by_mean_abs_q() -> None:
     """With lambda = alpha / mean|Q|, the Q term is exactly -alpha when Q > 0 everywhere,
     whatever the scale of Q: alpha's meaning does not depend on the reward scale."""

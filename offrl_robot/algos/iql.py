@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
 from offrl_robot.algos.common import EnsembleAlgorithm, cosine_decay, export_eval, make_adam, seed_mean
+from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import (
     DeterministicActor,
@@ -25,7 +26,11 @@ from offrl_robot.nets import (
 class IQLConfig(AlgoConfig):
     """CORL / paper D4RL-locomotion defaults: expectile 0.7, inverse temperature 3.0, lrs 3e-4,
     tau 5e-3, advantage weights clipped at 100, Gaussian policy. actor_lr_schedule_steps: if set,
-    the actor lr follows CORL's cosine decay to 0 over that many updates (usually = total steps)."""
+    the actor lr follows CORL's cosine decay to 0 over that many updates (usually = total steps).
+    normalize_reward: scale rewards by 1000 / (max - min episode return of the dataset), as the
+    IQL paper and CORL do on locomotion data: beta = 3 was tuned for returns in that range, and
+    on raw returns of another scale the advantage weights exp(beta * A) are too flat or too sharp.
+    Off by default (d3rlpy's default, and what ArmReach's -distance rewards need)."""
 
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -36,6 +41,7 @@ class IQLConfig(AlgoConfig):
     tau: float = 5e-3
     deterministic_policy: bool = False
     actor_lr_schedule_steps: int | None = None
+    normalize_reward: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
@@ -89,6 +95,9 @@ class IQL(EnsembleAlgorithm):
         self.critic = QEnsemble(self.seeds, observation_dim, action_dim, hidden, "iql/critic")
         self.target_critic = hard_copy(self.critic)
         self.value = ValueEnsemble(self.seeds, observation_dim, hidden, "iql/value")
+        # Multiplies every reward (normalize_reward); a buffer so checkpoints and resume keep it,
+        # one entry per seed like every other learning state (all seeds share one dataset).
+        self.register_buffer("reward_scale", torch.ones(num_seeds))
         self.optimizers["all"] = make_adam(
             [
                 {"params": self.actor.parameters(), "lr": config.actor_lr},
@@ -102,13 +111,26 @@ class IQL(EnsembleAlgorithm):
                 [cosine_decay(config.actor_lr_schedule_steps), lambda _: 1.0, lambda _: 1.0],
             )
 
+    def prepare(self, dataset: Dataset) -> None:
+        """normalize_reward: reward_scale = 1000 / (max - min episode return), from the run's data."""
+        if not self.config.normalize_reward:  # type: ignore[attr-defined]
+            return
+        returns = [float(dataset.rewards[start:stop].sum()) for start, stop in dataset.episode_bounds()]
+        spread = max(returns) - min(returns)
+        if spread <= 0.0:
+            raise ConfigError(
+                "algo_config.normalize_reward: every episode of the dataset has the same return "
+                f"({returns[0]:g}), so there is no return range to normalise by; set it to false"
+            )
+        self.reward_scale.fill_(1000.0 / spread)
+
     def update(self, batch: Batch) -> UpdateOutput:
         cfg: IQLConfig = self.config  # type: ignore[assignment]
         obs, actions, weights = batch.observations, batch.actions, batch.weights
         with torch.no_grad():
             target_q = self.target_critic(obs, actions).amin(dim=1)
             next_v = self.value(batch.next_observations)
-            td_target = batch.rewards + cfg.discount * (1.0 - batch.terminals) * next_v
+            td_target = batch.rewards * self.reward_scale[:, None] + cfg.discount * (1.0 - batch.terminals) * next_v
 
         advantage = target_q - self.value(obs)
         value_loss = seed_mean(expectile_loss(advantage, cfg.expectile), weights)
