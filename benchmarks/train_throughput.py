@@ -14,7 +14,9 @@ plus, for reference, d3rlpy's `update` alone on pre-sampled batches ("d3rlpy upd
 Ours runs eager and with `accelerate: compile` (on CUDA also `graph`); on a CPU `compile` is
 Inductor's C++ kernels with no graph. d3rlpy's `compile_graph` is CUDA-only (d3rlpy ignores it
 on a CPU), so on a CPU its eager step is the whole peer.
-Warm-up steps (and any graph capture / torch.compile) are excluded. On a shared CPU the two
+Warm-up steps (and any graph capture / torch.compile) are excluded. Importing d3rlpy on a CUDA
+machine turns on dynamo's compiled autograd for the whole process, under which our compile + bf16
+update fails in torch 2.11: measure the vectorised compile-bf16 row with --no-peer. On a shared CPU the two
 libraries are measured in alternating rounds and the median round is reported, so a load
 spike from another job hits both columns alike.
 
@@ -404,7 +406,6 @@ def main() -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     warmup = args.warmup if args.warmup is not None else (50 if device.type == "cuda" else 10)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     unknown = sorted(set(algos) - set(ALGOS))
@@ -418,6 +419,10 @@ def main() -> int:
         import d3rlpy
 
         d3_version = d3rlpy.__version__
+    # After importing d3rlpy: on a CUDA machine its import switches the whole process to TF32
+    # matmuls (torch.set_float32_matmul_precision("high")). Set the precision both libraries run
+    # at explicitly, so the default really is exact fp32 and --tf32 really is TF32 for both.
+    torch.set_float32_matmul_precision("high" if args.tf32 else "highest")
     machine = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
     header = (
         f"# {machine}; torch {torch.__version__}; python {platform.python_version()}; d3rlpy {d3_version}; "

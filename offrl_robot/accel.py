@@ -14,7 +14,7 @@ Modes (`accelerate:` in a train config, `--accel` in benchmarks):
   compile  on CUDA the same capture, with `update` first passed through `torch.compile` (kernel
            fusion on top of the graph); on the CPU `update` compiled by Inductor and called
            eagerly (C++/OpenMP kernels that fuse the element-wise work around the matmuls:
-           bias, ReLU and its backward, the losses; ~1.4x eager for CQL on a 2-core CPU).
+           bias, ReLU and its backward, the losses; CQL 1.1-1.5x eager on a 2-core CPU).
            Costs a compile at start (~30 s for CQL on a 2-core CPU). A compiled CPU run is
            deterministic (same seed, same numbers, resume included) but not bit-equal to eager:
            fused kernels round differently.
@@ -142,10 +142,9 @@ def compile_update(algo: Algorithm) -> Callable[[Batch], UpdateOutput]:
     dynamo treats it as a symbolic int instead of recompiling for each of its values (periodic
     branches such as TD3+BC's delayed actor step still get one compiled variant per phase)."""
     torch._dynamo.config.allow_unspec_int_on_nn_module = True
-    # backward() and the optimiser step break the graph, and dynamo compiles Adam's functional
-    # step once per param group (a group per network, each with its own lr): CQL has 4 groups,
-    # which with their guard variants passes the default limit of 8 and would silently fall
-    # back to eager for the rest of the run.
+    # backward() and the optimiser step break the graph, and the frames around them get a
+    # compiled variant per phase and per guard: in these tests one frame passed the default
+    # limit of 8, past which dynamo silently runs it eager for the rest of the run.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(algo.update)
 

@@ -117,7 +117,11 @@ class EnsembleLinear(nn.Module):
         weight, bias = (
             (self.weight.detach(), self.bias.detach()) if detach_params else (self.weight, self.bias)
         )
-        if x.is_cuda:  # a static device check, not a data-dependent branch
+        # Static checks, not data-dependent branches. Under torch.compile with bf16 autocast,
+        # Inductor plans the matmuls itself and the custom Function only blocks its fusions:
+        # 8 CQL seeds, compile + bf16 on an H200: 6,027 seed-updates/s with the Function,
+        # 6,852 without; in fp32 the split-K weight gradient still wins (2,968 vs 2,745).
+        if x.is_cuda and not (torch.compiler.is_compiling() and torch.is_autocast_enabled("cuda")):
             return EnsembleAffine.apply(x, weight, bias)
         return torch.baddbmm(bias, x, weight)
 

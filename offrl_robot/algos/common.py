@@ -44,6 +44,19 @@ def _match_capturable_to_device(optimizer: torch.optim.Optimizer) -> None:
         group["capturable"] = group["params"][0].is_cuda
 
 
+@torch._dynamo.disable
+def _optimizer_step(optimizer: torch.optim.Optimizer) -> None:
+    """optimizer.step(), never traced by torch.compile (`accelerate: compile`).
+
+    Why: traced, dynamo rebuilds the fused Adam kernel as Inductor code once per param group
+    (several compiles, each with its own guards); the native fused kernel is already one kernel
+    for all tensors, so tracing it only adds compiles at start and guard checks per call. Speed
+    is the same either way (H100, 8 CQL seeds, compile + bf16: 5,453 traced vs 5,464
+    seed-updates/s). Left out of the trace, the step runs the native kernel, which a CUDA graph
+    captures like any other."""
+    optimizer.step()
+
+
 def seed_mean(values: Tensor, weights: Tensor | None = None) -> Tensor:
     """[S, B] -> [S]: mean over the batch, importance-weighted when PER weights are given."""
     if weights is not None:
@@ -99,7 +112,7 @@ class EnsembleAlgorithm(Algorithm):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _match_capturable_to_device(optimizer)
-        optimizer.step()
+        _optimizer_step(optimizer)
         for name, sched in self.schedulers.items():
             if self.optimizers.get(name) is optimizer:
                 sched.step()

@@ -130,7 +130,9 @@ class IQL(EnsembleAlgorithm):
         with torch.no_grad():
             target_q = self.target_critic(obs, actions).amin(dim=1)
             next_v = self.value(batch.next_observations)
-            td_target = batch.rewards * self.reward_scale[:, None] + cfg.discount * (1.0 - batch.terminals) * next_v
+            td_target = (
+                batch.rewards * self.reward_scale[:, None] + cfg.discount * (1.0 - batch.terminals) * next_v
+            )
 
         advantage = target_q - self.value(obs)
         value_loss = seed_mean(expectile_loss(advantage, cfg.expectile), weights)
