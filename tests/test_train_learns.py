@@ -13,11 +13,16 @@ most 75 % of holding still's) and score clearly above holding still (+15). Where
 reaches ArmReach's strict 2 cm success criterion (`MIN_SUCCESS`), the success rate must be
 clearly above the random policy's 0.
 
+BCQ learns from a less noisy expert (action noise 0.1, `low_noise_expert_data`): its generator
+imitates the behaviour distribution, and with noise 0.3 the sampled candidates stay too spread
+for 2 cm at this budget (0.05 success after 8,000 updates of 128x128 nets, 202 s), while with
+0.1 it reaches 0.10 after 6,000 updates of 64x64 nets (~70 s).
+
 Budgets are small (64x64 or 128x128 nets, thousands of updates, 1 CPU thread) so the module
-stays within ~3 minutes on a 2-core machine. Honest limit: at CPU-test budgets CQL and BCQ do
-not reach 2 cm reliably (BCQ: 0.10 success after 8,000 updates of 128x128 nets, 110 s; CQL: 0
-after 6,000 with raised learning rates, 8-12 cm from the goal); their success is printed
-(`pytest -s`) but not asserted, only their distance and score.
+stays within ~4 minutes on a 2-core machine. Honest limit: at CPU-test budgets CQL does not
+reach 2 cm (0 success after 4,000-8,000 updates with default, raised or lowered learning rates
+and temperatures, conservative weights 5-20, on 0.3- and 0.1-noise data; it ends 8-20 cm from
+the goal); its success is printed (`pytest -s`) but not asserted, only its distance and score.
 """
 
 from __future__ import annotations
@@ -46,17 +51,25 @@ BUDGETS: dict[str, tuple[int, dict[str, object]]] = {
     "iql": (8_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "actor_lr_schedule_steps": 8_000}),
     "td3bc": (16_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "critic_lr": 1e-3}),
     "cql": (2_000, {"hidden_sizes": [64, 64]}),
-    "bcq": (3_000, {"hidden_sizes": [64, 64], "vae_hidden_sizes": [64, 64]}),
+    "bcq": (6_000, {"hidden_sizes": [64, 64], "vae_hidden_sizes": [128, 128]}),
 }
 # Success rate each must reach (measured at these budgets on this data: bc 0.35, td3bc 0.20,
-# iql 0.15).
-MIN_SUCCESS: dict[str, float] = {"bc": 0.2, "td3bc": 0.1, "iql": 0.1}
+# iql 0.15, bcq 0.10 on the 0.1-noise data). BCQ's bar is one success in 20 episodes, below its
+# measured 2: the random policy and holding still never succeed.
+MIN_SUCCESS: dict[str, float] = {"bc": 0.2, "td3bc": 0.1, "iql": 0.1, "bcq": 0.05}
+LOW_NOISE_ALGOS = ("bcq",)
 
 
 @pytest.fixture(scope="module")
 def expert_data() -> Dataset:
     """100 noisy scripted-expert episodes (15,000 transitions)."""
     return collect("ArmReach-v0", "scripted-expert", episodes=100, seed=0, noise=0.3).dataset
+
+
+@pytest.fixture(scope="module")
+def low_noise_expert_data() -> Dataset:
+    """100 scripted-expert episodes with action noise 0.1 (BCQ's data, see the module docstring)."""
+    return collect("ArmReach-v0", "scripted-expert", episodes=100, seed=0, noise=0.1).dataset
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +92,7 @@ def hold_still() -> SeedEval:
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", sorted(BUDGETS))
 def test_algorithm_learns_arm_reach(
-    algo: str, expert_data: Dataset, hold_still: SeedEval, tmp_path: Path
+    algo: str, request: pytest.FixtureRequest, hold_still: SeedEval, tmp_path: Path
 ) -> None:
     assert algo in REGISTRY, f"{algo} is not registered in offrl_robot.algos"
     steps, extra = BUDGETS[algo]
@@ -98,7 +111,8 @@ def test_algorithm_learns_arm_reach(
         progress=False,
         threads=1,
     )
-    summary = Trainer(config, dataset=expert_data, run_dir=tmp_path / algo).fit()
+    data = request.getfixturevalue("low_noise_expert_data" if algo in LOW_NOISE_ALGOS else "expert_data")
+    summary = Trainer(config, dataset=data, run_dir=tmp_path / algo).fit()
     result = summary["final_eval"]["per_seed"][0]
     print(
         f"{algo}: {steps} updates at {summary['updates_per_s']:.0f}/s: final distance "
