@@ -14,11 +14,11 @@ plus, for reference, d3rlpy's `update` alone on pre-sampled batches ("d3rlpy upd
 Ours runs eager and with `accelerate: compile` (on CUDA also `graph`); on a CPU `compile` is
 Inductor's C++ kernels with no graph. d3rlpy's `compile_graph` is CUDA-only (d3rlpy ignores it
 on a CPU), so on a CPU its eager step is the whole peer.
-Warm-up steps (and any graph capture / torch.compile) are excluded. Importing d3rlpy on a CUDA
-machine turns on dynamo's compiled autograd for the whole process, under which our compile + bf16
-update fails in torch 2.11: measure the vectorised compile-bf16 row with --no-peer. On a shared CPU the two
+Warm-up steps (and any graph capture / torch.compile) are excluded. On a shared CPU the two
 libraries are measured in alternating rounds and the median round is reported, so a load
-spike from another job hits both columns alike.
+spike from another job hits both columns alike. Importing d3rlpy on a CUDA machine turns on
+dynamo's compiled autograd for the whole process, under which our compile + bf16 update fails
+in torch 2.11: measure the vectorised compile-bf16 row with --no-peer.
 
     .venv/bin/python benchmarks/train_throughput.py --device cpu --steps 300
     python3 benchmarks/train_throughput.py --device cuda --steps 2000   # on the GPU machine

@@ -15,7 +15,7 @@ Modes (`accelerate:` in a train config, `--accel` in benchmarks):
            fusion on top of the graph); on the CPU `update` compiled by Inductor and called
            eagerly (C++/OpenMP kernels that fuse the element-wise work around the matmuls:
            bias, ReLU and its backward, the losses; CQL 1.1-1.5x eager on a 2-core CPU).
-           Costs a compile at start (~30 s for CQL on a 2-core CPU). A compiled CPU run is
+           Costs a compile at start (5-30 s on a 2-core CPU). A compiled CPU run is
            deterministic (same seed, same numbers, resume included) but not bit-equal to eager:
            fused kernels round differently.
 
@@ -113,6 +113,7 @@ class EagerStep:
     ) -> None:
         self.algo, self.sampler, self.data = algo, sampler, data
         self.precision = precision
+        self._update: Callable[[Batch], UpdateOutput] = algo.update
         self._device = data["observations"].device
         # fp32 (and any CPU run) needs no context: keep the per-update hot path free of it.
         self._plain = precision == "fp32" or self._device.type != "cuda"
@@ -124,9 +125,9 @@ class EagerStep:
         """Run update number `step` (1-based); return the sampled indices and the update's output."""
         indices, weights = self.sampler.sample(step)
         if self._plain:
-            return indices, self.algo.update(gather_batch(self.data, indices, weights))
+            return indices, self._update(gather_batch(self.data, indices, weights))
         with matmul_precision(self.precision, self._device):
-            return indices, self.algo.update(gather_batch(self.data, indices, weights))
+            return indices, self._update(gather_batch(self.data, indices, weights))
 
 
 def _refuse_schedules(algo: Algorithm, mode: str) -> None:
@@ -157,12 +158,8 @@ class CompiledCPUStep(EagerStep):
 
     def __init__(self, algo: Algorithm, sampler: Any, data: Mapping[str, Tensor]) -> None:
         _refuse_schedules(algo, "compile")
-        super().__init__(algo, sampler, data)
+        super().__init__(algo, sampler, data)  # fp32: the CPU has no other precision
         self._update = compile_update(algo)
-
-    def __call__(self, step: int) -> tuple[Tensor, UpdateOutput]:
-        indices, weights = self.sampler.sample(step)
-        return indices, self._update(gather_batch(self.data, indices, weights))
 
 
 class _LearningState:

@@ -30,7 +30,8 @@ class IQLConfig(AlgoConfig):
     normalize_reward: scale rewards by 1000 / (max - min episode return of the dataset), as the
     IQL paper and CORL do on locomotion data: beta = 3 was tuned for returns in that range, and
     on raw returns of another scale the advantage weights exp(beta * A) are too flat or too sharp.
-    Off by default (d3rlpy's default, and what ArmReach's -distance rewards need)."""
+    Off by default, as in d3rlpy; on our ArmReach and Hopper datasets it scored lower
+    (BENCHMARKS.md, Quality follow-up)."""
 
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
