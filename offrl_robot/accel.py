@@ -14,7 +14,7 @@ Modes (`accelerate:` in a train config, `--accel` in benchmarks):
   compile  on CUDA the same capture, with `update` first passed through `torch.compile` (kernel
            fusion on top of the graph); on the CPU `update` compiled by Inductor and called
            eagerly (C++/OpenMP kernels that fuse the element-wise work around the matmuls:
-           bias, ReLU and its backward, the losses; CQL 1.1-1.5x eager on a 2-core CPU).
+           bias, ReLU and its backward, the losses; CQL 1.0-1.5x eager on a 2-core CPU, run to run).
            Costs a compile at start (5-30 s on a 2-core CPU). A compiled CPU run is
            deterministic (same seed, same numbers, resume included) but not bit-equal to eager:
            fused kernels round differently.

@@ -88,7 +88,7 @@ class TrainConfig:
     accelerate: none | graph | compile. On CUDA, `graph` replays each training step (sampling,
     gather, update) from a captured CUDA graph (7-13x the eager updates/s on an H100, same
     numbers as eager); `compile` also passes the update through torch.compile. On the CPU
-    `graph` falls back to eager and `compile` compiles the update with Inductor (1.1-1.5x eager for
+    `graph` falls back to eager and `compile` compiles the update with Inductor (1.0-1.5x eager for
     CQL; deterministic, resume included, but not bit-equal to eager; see offrl_robot/accel.py).
     precision: fp32 | tf32 | bf16, CUDA only (offrl_robot.accel.PRECISIONS): bf16 autocasts
     hidden layers for speed with fp32 output layers, weights and optimiser state.
