@@ -16,6 +16,11 @@ Reported: final success rate and return, mean ± std over seeds.
 
     .venv/bin/python benchmarks/quality.py --algos bc,iql,td3bc   # CPU-sized defaults
     python3 benchmarks/quality.py --device cuda --steps 20000 --workers 4   # GPU machine
+
+d3rlpy's eager runs are launch-bound (BCQ ~50 updates/s on an H200 whatever the GPU load): many
+of them share one GPU well only under CUDA MPS (`nvidia-cuda-mps-control -d` first, then
+`--no-ours`: 15 BCQ runs of 20,000 updates in 415 s). Run ours without MPS: our CUDA-graph runs
+failed under it (BENCHMARKS.md, Quality follow-up 19:18).
 """
 
 from __future__ import annotations
@@ -214,8 +219,16 @@ def _train_d3rlpy(job: Job, dataset: Any) -> list[dict[str, Any]]:
         algo = _d3rlpy_config(job.algo, obs_mean, obs_std, low, high, job.peer_compile and device != "cpu:0")
         algo = algo.create(device=device)
         algo.build_with_dataset(mdp)
-        for _ in range(job.steps):
+        started = time.perf_counter()
+        quarter = max(1, job.steps // 4)
+        for step in range(1, job.steps + 1):
             algo.update(mdp.sample_transition_batch(256))
+            if step % quarter == 0:  # a run cut by --deadline-s still shows its rate
+                rate = step / (time.perf_counter() - started)
+                print(
+                    f"    d3rlpy {job.algo} {job.dataset} seed {seed}: {step}/{job.steps} ({rate:.0f}/s)",
+                    flush=True,
+                )
 
         def act(normed: torch.Tensor, algo: Any = algo) -> torch.Tensor:
             physical_obs = normed[:, 0, :].cpu().numpy() * obs_std + obs_mean
@@ -289,6 +302,9 @@ def main() -> int:
     )
     parser.add_argument("--skip-arm", action="store_true", help="only the Hopper datasets (--hopper-prefix)")
     parser.add_argument(
+        "--only-datasets", default="", help="comma-separated dataset names to run, e.g. 'ArmReach mixed'"
+    )
+    parser.add_argument(
         "--peer-cpu-algos",
         default="",
         help="run d3rlpy's runs of these algorithms on the CPU (one thread each) even with --device cuda: "
@@ -335,6 +351,11 @@ def main() -> int:
         datasets = {} if args.skip_arm else make_arm_datasets(args.episodes, args.medium_noise, seed=0)
         if args.hopper_prefix:
             datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root)
+        if args.only_datasets:
+            wanted = {name.strip() for name in args.only_datasets.split(",")}
+            if unknown := wanted - set(datasets):
+                raise SystemExit(f"--only-datasets: unknown {sorted(unknown)}; known: {sorted(datasets)}")
+            datasets = {name: data for name, data in datasets.items() if name in wanted}
         jobs: list[Job] = []
         for name, data in datasets.items():
             path = Path(tmp) / f"{name.replace(' ', '_')}.pkl"

@@ -86,3 +86,44 @@ def test_train_throughput_isolated_contenders_each_report_a_rate(run_child, tmp_
     (row,) = json.loads(out_json.read_text())["rows"]
     assert row["ours none"] > 0 and row["ours compile"] > 0
     assert row["d3rlpy eager"] > 0 and row["d3rlpy upd-only"] > 0
+
+
+QUALITY = str(ROOT / "benchmarks" / "quality.py")
+
+
+def test_quality_runs_only_the_named_dataset_with_a_variant_row(run_child, tmp_path: Path) -> None:
+    """benchmarks/quality.py end to end at toy size (ours only): --only-datasets keeps one
+    dataset, --variant adds a row of ours with other hyper-parameters beside the default."""
+    out_json = tmp_path / "runs.json"
+    result = run_child.run(
+        [
+            sys.executable,
+            QUALITY,
+            "--algos=bcq",
+            "--steps=4",
+            "--episodes=4",
+            "--seeds=0",
+            "--eval-episodes=1",
+            "--workers=1",
+            "--no-peer",
+            "--only-datasets=ArmReach mixed",
+            "--variant=bcq:num_act_candidates=3",
+            f"--json={out_json}",
+        ],
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout
+    runs = json.loads(out_json.read_text())
+    assert sorted(r["library"] for r in runs) == ["ours", "ours num_act_candidates=3"]
+    assert {r["dataset"] for r in runs} == {"ArmReach mixed"}
+    assert all(len(r["per_seed"]) == 1 and r["per_seed"][0]["seed"] == 0 for r in runs)
+    assert "| ArmReach mixed | bcq |" in result.stdout and "| ArmReach expert |" not in result.stdout
+
+
+def test_quality_rejects_an_unknown_dataset_name(run_child) -> None:
+    result = run_child.run(
+        [sys.executable, QUALITY, "--algos=bc", "--episodes=2", "--no-peer", "--only-datasets=ArmReach huge"],
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "--only-datasets: unknown ['ArmReach huge']" in result.stdout
