@@ -19,14 +19,19 @@ for 2 cm at this budget (0.05 success after 8,000 updates of 128x128 nets, 202 s
 0.1 it reaches 0.10 after 6,000 updates of 64x64 nets (~70 s).
 
 Budgets are small (64x64 or 128x128 nets, thousands of updates, 1 CPU thread) so the module
-stays within ~4 minutes on a 2-core machine. Honest limit: at CPU-test budgets CQL does not
-reach 2 cm (0 success after 4,000-8,000 updates with default, raised or lowered learning rates
-and temperatures, conservative weights 5-20, on 0.3- and 0.1-noise data; it ends 8-20 cm from
-the goal); its success is printed (`pytest -s`) but not asserted, only its distance and score.
+stays within ~4 minutes on a 2-core machine. At these budgets CQL does not reach 2 cm (0 success
+after 4,000-8,000 updates with default, raised or lowered learning rates and temperatures,
+conservative weights 5-20, a behaviour-cloning warm start of the actor, on 0.3- and 0.1-noise
+data; 0-0.05 after 20,000 updates of 64x64 nets with 4 sampled actions; it ends 8-20 cm from the
+goal), so here its distance and score are asserted and its success printed (`pytest -s`). Its
+success is asserted at full size (default 256x256 nets, 20,000 updates: measured 0.10) by
+`test_cql_succeeds_at_full_size`, which takes ~22 minutes on 2 cores and so runs only under
+`make test-long` (OFFRL_LONG_TESTS=1), not in the 15-minute CI suite.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +94,18 @@ def hold_still() -> SeedEval:
     )[0]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("algo", sorted(BUDGETS))
-def test_algorithm_learns_arm_reach(
-    algo: str, request: pytest.FixtureRequest, hold_still: SeedEval, tmp_path: Path
+def _train_and_check(
+    algo: str,
+    steps: int,
+    extra: dict[str, object],
+    data: Dataset,
+    hold_still: SeedEval,
+    run_dir: Path,
+    min_success: float | None,
+    threads: int = 1,
 ) -> None:
-    assert algo in REGISTRY, f"{algo} is not registered in offrl_robot.algos"
-    steps, extra = BUDGETS[algo]
+    """Train one seed on `data`, evaluate it, and assert it beat holding still (and reached
+    `min_success`, where given)."""
     config = TrainConfig(
         algo=algo,
         algo_config=extra,
@@ -109,10 +119,9 @@ def test_algorithm_learns_arm_reach(
         log_every=steps,
         checkpoint_every=0,
         progress=False,
-        threads=1,
+        threads=threads,
     )
-    data = request.getfixturevalue("low_noise_expert_data" if algo in LOW_NOISE_ALGOS else "expert_data")
-    summary = Trainer(config, dataset=data, run_dir=tmp_path / algo).fit()
+    summary = Trainer(config, dataset=data, run_dir=run_dir).fit()
     result = summary["final_eval"]["per_seed"][0]
     print(
         f"{algo}: {steps} updates at {summary['updates_per_s']:.0f}/s: final distance "
@@ -123,5 +132,28 @@ def test_algorithm_learns_arm_reach(
     assert result["final_distance"] <= 0.75 * hold_still.final_distance
     assert result["normalized_score"] >= hold_still.normalized_score + 15
     assert hold_still.success_rate == 0.0  # the baseline: never within 2 cm (as the random policy)
-    if algo in MIN_SUCCESS:
-        assert result["success_rate"] >= MIN_SUCCESS[algo]
+    if min_success is not None:
+        assert result["success_rate"] >= min_success
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(BUDGETS))
+def test_algorithm_learns_arm_reach(
+    algo: str, request: pytest.FixtureRequest, hold_still: SeedEval, tmp_path: Path
+) -> None:
+    assert algo in REGISTRY, f"{algo} is not registered in offrl_robot.algos"
+    steps, extra = BUDGETS[algo]
+    data = request.getfixturevalue("low_noise_expert_data" if algo in LOW_NOISE_ALGOS else "expert_data")
+    _train_and_check(algo, steps, extra, data, hold_still, tmp_path / algo, MIN_SUCCESS.get(algo))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(
+    os.environ.get("OFFRL_LONG_TESTS") != "1",
+    reason="CQL at full size: ~22 min on 2 cores, beyond the 15-min suite; run `make test-long`",
+)
+def test_cql_succeeds_at_full_size(expert_data: Dataset, hold_still: SeedEval, tmp_path: Path) -> None:
+    """CQL with its default 256x256 nets and 20,000 updates on the same data and episodes, 2
+    threads: measured success 0.10 (final distance 0.084 m, 1,273 s on the 2-core dev VM)."""
+    _train_and_check("cql", 20_000, {}, expert_data, hold_still, tmp_path / "cql", 0.05, threads=2)
