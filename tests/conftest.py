@@ -30,7 +30,10 @@ os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("AMENT_PREFIX_PATH", str(Path(sys.prefix)))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-_domain_ids = itertools.count(int(os.environ.get("OFFRL_TEST_DOMAIN_BASE", "100")) + (os.getpid() % 50) * 2)
+# An explicit OFFRL_TEST_DOMAIN_BASE pins the range (parallel runs on one machine get disjoint
+# ranges); otherwise the pid spreads concurrent runs apart.
+_domain_base = os.environ.get("OFFRL_TEST_DOMAIN_BASE")
+_domain_ids = itertools.count(int(_domain_base) if _domain_base else 100 + (os.getpid() % 50) * 2)
 
 
 @pytest.fixture(scope="session")
