@@ -131,7 +131,7 @@ def _responder(
             "-p", f"tick_source:={peer.tick_source}",
             "-p", f"executor:={peer.executor}",
             "-p", f"control_rate_hz:={rate}",
-            "-p", "max_slew_rate:=[0.0]",
+            "-p", "max_slew_rate:=[.inf]",
             "-p", "blend_in_ticks:=0",
             "-p", "watchdog_timeout:=0.5",
         ]  # fmt: skip

@@ -14,11 +14,20 @@ Layout of NAME.card.yaml (card_version 1):
     model: NAME.onnx            # file name, resolved beside the card
     sha256: <hex of NAME.onnx>
     metadata: {observation_names, action_names, action_low, action_high, control_rate_hz,
-               algorithm, dataset_sha256, train_config, version}
+               algorithm, dataset_sha256, train_config, controller, version}
     training: {...}             # free-form summary: steps, final losses, wall time, seed, ...
     validation:                 # absent until the gate has run
       task: str, episodes: int, metrics: {name: float},
-      thresholds: {name: {min: float} | {max: float}}, passed: bool, date: ISO-8601 UTC
+      thresholds: {name: {min: float} | {max: float}}, passed: bool, date: ISO-8601 UTC,
+      model_sha256: sha256 of the exact ONNX bytes the gate ran
+
+What binds a verdict to behaviour: everything that changes how the deployed model acts lives
+inside the ONNX file (graph, names, bounds, and `metadata.controller`: the MPC planner settings),
+so the file's sha256 covers it; the verdict records that sha256, and the ROS node accepts it only
+for the file it loads, re-derives `passed` from metrics and thresholds, and refuses thresholds
+weaker than its own floor (`verdict_problems`). The card is not signed: this catches a stale
+verdict (a swapped or re-exported model), a hand-flipped `passed` and a verdict made under weak
+thresholds, not a forger who rewrites the metrics themselves.
 
 Everything that can be wrong with user-supplied files raises `ModelError` with one line that
 names the file and field. The exporter, the validation gate, PolicyRuntime and the ROS node
@@ -96,7 +105,9 @@ class ModelMetadata:
     """What a deployed policy needs to be wired correctly; stored in metadata_props and the card.
 
     observation_names / action_names: the order of the graph's input/output columns (the ROS
-    node maps JointState by these names). action_low/high: physical action bounds. version: the
+    node maps JointState by these names). action_low/high: physical action bounds. controller:
+    settings that change how the deployed model acts beyond its graph (a dynamics model's MPC
+    planner: {"mpc": {...}}), stored here so the file's sha256 covers them. version: the
     offrl_robot version that wrote the model.
     """
 
@@ -108,12 +119,20 @@ class ModelMetadata:
     algorithm: str
     dataset_sha256: str = ""
     train_config: dict[str, Any] = field(default_factory=dict)
+    controller: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
     def __post_init__(self) -> None:
         # numpy arrays/scalars and tuples from callers become plain lists/floats, so that
         # validation, comparison and YAML/JSON all see one representation.
-        for name in ("observation_names", "action_names", "action_low", "action_high", "train_config"):
+        for name in (
+            "observation_names",
+            "action_names",
+            "action_low",
+            "action_high",
+            "train_config",
+            "controller",
+        ):
             setattr(self, name, plain(getattr(self, name)))
         self.control_rate_hz = plain(self.control_rate_hz)
 
@@ -152,8 +171,9 @@ class ModelMetadata:
             raise ModelError(f"{source}: algorithm must be a non-empty string")
         if not isinstance(self.dataset_sha256, str) or not isinstance(self.version, str):
             raise ModelError(f"{source}: dataset_sha256 and version must be strings")
-        if not isinstance(self.train_config, dict):
-            raise ModelError(f"{source}: train_config must be a mapping")
+        for name in ("train_config", "controller"):
+            if not isinstance(getattr(self, name), dict):
+                raise ModelError(f"{source}: {name} must be a mapping")
         return self
 
     @property
@@ -262,6 +282,7 @@ class ValidationRecord:
     thresholds: dict[str, dict[str, float]]
     passed: bool
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    model_sha256: str = ""  # the ONNX bytes the gate ran ("" in cards written before verdicts were bound)
 
     def __post_init__(self) -> None:
         self.episodes, self.metrics, self.thresholds = plain([self.episodes, self.metrics, self.thresholds])
@@ -286,6 +307,8 @@ class ValidationRecord:
             raise ModelError(f"{source}: validation.passed must be true or false")
         if not isinstance(self.date, str):
             raise ModelError(f"{source}: validation.date must be an ISO-8601 string")
+        if not isinstance(self.model_sha256, str):
+            raise ModelError(f"{source}: validation.model_sha256 must be a hex string")
         return self
 
     @staticmethod
@@ -302,6 +325,78 @@ class ValidationRecord:
             if "max" in bound and value > bound["max"]:
                 out.append(f"{name} = {value:g} > max {bound['max']:g}")
         return out
+
+
+def parse_threshold_floor(entries: Any, source: str) -> dict[str, dict[str, float]]:
+    """["success_rate>=0.8", "nan_events<=0"] (a ROS string-array parameter) -> {name: {min|max: x}}."""
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise ModelError(
+            f"{source}: must be a list like ['success_rate>=0.8', 'nan_events<=0'], got {entries!r}"
+        )
+    floor: dict[str, dict[str, float]] = {}
+    for entry in entries:
+        text = str(entry).replace(" ", "")
+        key = "min" if ">=" in text else "max"
+        name, _, value = text.partition(">=" if key == "min" else "<=")
+        try:
+            number = float(value) if name and value else math.nan
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ModelError(f"{source}: entry {entry!r} must look like 'metric>=number' or 'metric<=number'")
+        floor.setdefault(name, {})[key] = number
+    return floor
+
+
+DEFAULT_THRESHOLD_FLOOR: dict[str, dict[str, float]] = {
+    "success_rate": {"min": 0.8},
+    "nan_events": {"max": 0.0},
+    "intervention_rate": {"max": 0.05},
+}
+
+
+def verdict_problems(
+    record: ValidationRecord | None,
+    model_sha256: str,
+    floor: Mapping[str, Mapping[str, float]] = DEFAULT_THRESHOLD_FLOOR,
+) -> list[str]:
+    """Why a card's verdict does not license THIS model file to run ([] = it does).
+
+    Re-derives the verdict instead of trusting `passed`: the record must be for these exact bytes
+    (`model_sha256`), every threshold it records must hold for its metrics, and its thresholds
+    must be at least as strict as `floor` (a metric in the floor must have been checked, unless
+    the task does not report that metric at all, e.g. success_rate on a locomotion task).
+    """
+    if record is None:
+        return ["model has no validation block; run `offrl-robot validate` first"]
+    problems = []
+    if not record.model_sha256:
+        problems.append("validation block is not bound to a model file (no model_sha256); validate again")
+    elif record.model_sha256 != model_sha256:
+        problems.append(
+            f"validation was made for another model file (sha256 {record.model_sha256[:12]}..., "
+            f"this one is {model_sha256[:12]}...); validate this model"
+        )
+    if not record.passed:
+        problems.append(f"model FAILED validation on {record.task} ({record.date})")
+    failures = ValidationRecord.failures(record.metrics, record.thresholds)
+    if failures and record.passed:
+        problems.append(f"validation says passed but its own thresholds fail: {'; '.join(failures)}")
+    for name, bound in floor.items():
+        recorded = record.thresholds.get(name)
+        if recorded is None:
+            if name in record.metrics:
+                problems.append(f"validation did not check {name} (the floor requires it)")
+            continue
+        if "min" in bound and not recorded.get("min", -math.inf) >= bound["min"]:
+            problems.append(
+                f"validation threshold {name} min {recorded.get('min', '-inf')} is weaker than the floor {bound['min']:g}"
+            )
+        if "max" in bound and not recorded.get("max", math.inf) <= bound["max"]:
+            problems.append(
+                f"validation threshold {name} max {recorded.get('max', 'inf')} is weaker than the floor {bound['max']:g}"
+            )
+    return problems
 
 
 # ---------------------------------------------------------------------------------- card
@@ -391,24 +486,30 @@ class ModelCard:
         return Path(card_path).parent / self.model
 
     def require_passing_validation(
-        self, card_path: str | os.PathLike[str], allow_unvalidated: bool = False
+        self,
+        card_path: str | os.PathLike[str],
+        model_sha256: str,
+        floor: Mapping[str, Mapping[str, float]] = DEFAULT_THRESHOLD_FLOOR,
     ) -> None:
-        """For deployment: refuse a model the sim gate has not passed, unless explicitly allowed."""
-        if allow_unvalidated:
-            return
-        if self.validation is None:
-            raise ModelError(
-                f"{card_path}: model has no validation block; run `offrl-robot validate` first (or allow unvalidated models explicitly)"
-            )
-        if not self.validation.passed:
-            raise ModelError(
-                f"{card_path}: model FAILED validation on {self.validation.task} ({self.validation.date}); retrain or allow unvalidated models explicitly"
-            )
+        """For deployment: refuse a model whose verdict does not license these exact bytes
+        (`verdict_problems`); one line naming the card and every problem."""
+        problems = verdict_problems(self.validation, model_sha256, floor)
+        if problems:
+            raise ModelError(f"{card_path}: " + "; ".join(problems))
 
 
 def set_validation(card_path: str | os.PathLike[str], record: ValidationRecord) -> ModelCard:
-    """Read a card, replace its validation block, write it back atomically (used by the gate)."""
+    """Read a card, replace its validation block, write it back atomically (used by the gate).
+
+    Refused (nothing written) when the card now describes other bytes than the gate ran: the
+    model or card was replaced while the gate was running.
+    """
     card = ModelCard.read(card_path)
+    if record.model_sha256 and record.model_sha256 != card.sha256:
+        raise ModelError(
+            f"{card_path}: the card now describes sha256 {card.sha256[:12]}..., the gate ran "
+            f"{record.model_sha256[:12]}...; the model changed during validation, nothing was written"
+        )
     card.validation = record.validate(str(card_path))
     card.write(card_path)
     return card

@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-episodes", type=int, default=20)
     parser.add_argument("--node-seconds", type=float, default=10.0, help="closed loop over DDS (0 = skip)")
     parser.add_argument("--domain-id", type=int, default=73, help="ROS_DOMAIN_ID of the closed-loop stage")
+    parser.add_argument(
+        "--min-thresholds",
+        nargs="*",
+        default=None,
+        help="policy_node's floor on the gate thresholds (default: config/policy.yaml's), e.g. for a "
+        "reduced run whose gate does not test success: nan_events<=0 intervention_rate<=0.05",
+    )
 
 
 def _stage(name: str, argv: list[str], timings: dict[str, float]) -> None:
@@ -160,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
             seconds=args.node_seconds,
             domain_id=args.domain_id,
             log_dir=out / "logs",
+            policy_overrides=(
+                [] if args.min_thresholds is None else [f"min_thresholds:={json.dumps(args.min_thresholds)}"]
+            ),
         )
         timings["deploy"] = time.perf_counter() - start
     summary = _summary(out, ingested, run_dir, model, reports, timings, nodes)

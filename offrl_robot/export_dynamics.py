@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.dynamics import ALGORITHM_NAME, DynamicsEnsemble, load_dynamics
-from offrl_robot.card import ModelCard, bytes_sha256, card_path_for, write_metadata_props
+from offrl_robot.card import ModelCard, bytes_sha256, card_path_for, plain, write_metadata_props
 from offrl_robot.errors import ConfigError, ModelError
 from offrl_robot.export import (
     DEFAULT_OPSET,
@@ -190,6 +190,8 @@ def export_dynamics(
     planner = dict(facts.state["algo_config"].get("mpc") or {}) if mpc is None else dict(mpc)
     mpc_config = MPCConfig.from_dict(planner, source=f"checkpoint {facts.path} algo_config.mpc")
     check_reward_source(mpc_config.reward, metadata.observation_dim, metadata.action_dim)
+    # inside the ONNX file, so the sha256 (and a validation verdict bound to it) covers the planner
+    metadata.controller = plain({"mpc": mpc_config.to_dict()})
     try:
         model = load_dynamics(facts.state)
     except (ConfigError, RuntimeError, KeyError) as err:
@@ -216,7 +218,9 @@ def export_dynamics(
     }
     training["members"] = model.members
     training["controller"] = "mpc"
-    training["mpc"] = mpc_config.to_dict()
+    training["mpc"] = metadata.controller[
+        "mpc"
+    ]  # readable copy; MPCController checks it equals the embedded one
     card = ModelCard(model=out.name, sha256=sha256, metadata=metadata, training=training)
     card_bytes = _card_bytes_checked_by_controller(out, model_bytes, card, observations[0])
     card_path = write_model_and_card(out, model_bytes, card_bytes)

@@ -9,8 +9,9 @@ over candidates, every member on every row) and scoring them with
 
     J = sum_t discount^t * (reward_t - penalty * disagreement_t)
 
-reward_t is the ensemble's learned reward head or a named data-only reward function
-(`module:function(obs, act, next_obs) -> [N]`, e.g. `offrl_robot.sim.rewards:arm_reach_reward`),
+reward_t is the ensemble's learned reward head or a *registered* data-only reward function
+(`fn(obs, act, next_obs) -> [N]`, e.g. `arm_reach`; offrl_robot/registry.py: a card can only name
+a function on the allow-list, never make the node import arbitrary code),
 and disagreement_t the ensemble spread of the predicted next state (normalised units, computed
 in the graph; see `export_dynamics`). The penalty is the pessimism: plans through states the
 data never covered are uncertain, hence punished, so the controller stays where its model is
@@ -26,7 +27,6 @@ Sampling draws from one seeded generator: same seed, same observations -> same a
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +42,8 @@ from offrl_robot.card import (
     card_path_for,
 )
 from offrl_robot.errors import ConfigError, ModelError
+from offrl_robot.registry import is_registered_reward, registered_rewards
+from offrl_robot.registry import resolve_reward as registry_reward
 
 LEARNED_REWARD = "learned"
 OBSERVATION_INPUT = "observation"
@@ -123,10 +125,12 @@ class MPCConfig:
             )
         if not 0 < self.discount <= 1:
             raise ConfigError(f"{source}: discount must be in (0, 1], got {self.discount}")
-        if not isinstance(self.reward, str) or (self.reward != LEARNED_REWARD and ":" not in self.reward):
+        if not isinstance(self.reward, str) or (
+            self.reward != LEARNED_REWARD and not is_registered_reward(self.reward)
+        ):
             raise ConfigError(
-                f"{source}: reward {self.reward!r} must be 'learned' or 'module:function' "
-                "(e.g. offrl_robot.sim.rewards:arm_reach_reward)"
+                f"{source}: reward {self.reward!r} must be 'learned' or a registered reward function "
+                f"(e.g. arm_reach; registered: {', '.join(sorted(n for n in registered_rewards() if ':' not in n))})"
             )
         return self
 
@@ -269,19 +273,10 @@ def make_planner(
 
 # ---------------------------------------------------------------------------------- reward
 def resolve_reward(name: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None:
-    """None for the learned head, else the named `module:function` (one-line error if missing)."""
+    """None for the learned head, else the registered reward function (never an arbitrary import)."""
     if name == LEARNED_REWARD:
         return None
-    module_name, _, function_name = name.partition(":")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(
-            f"mpc reward {name!r} cannot be imported ({err}); give 'learned' or module:function"
-        ) from None
-    if not callable(function):
-        raise ConfigError(f"mpc reward {name!r} is not a function; give 'learned' or module:function")
-    return function
+    return registry_reward(name, allow_import=False)
 
 
 def check_reward_source(name: str, observation_dim: int, action_dim: int) -> None:
@@ -495,12 +490,14 @@ class MPCController:
         _check_finite_constants(model, path)
         _check_names("observation", expected_observation_names, props.observation_names, path)
         _check_names("action", expected_action_names, props.action_names, path)
-        if isinstance(config, MPCConfig):
-            self.config = config.validate()
-        else:
-            settings = dict(card.training.get("mpc") or {})
-            settings.update(dict(config or {}))
-            self.config = MPCConfig.from_dict(settings, source=f"{card_file} training.mpc")
+        self.config = (
+            config.validate()
+            if isinstance(config, MPCConfig)
+            else MPCConfig.from_dict(
+                {**embedded_planner(props, card, path, card_file), **dict(config or {})},
+                source=f"{path} metadata controller.mpc",
+            )
+        )
         reward_fn = resolve_reward(self.config.reward)
         unrolled = horizon_graph(model, self.config.horizon, learned_reward=reward_fn is None)
         session = make_session(unrolled.SerializeToString(), path, threads=self.config.threads)
@@ -544,6 +541,27 @@ class MPCController:
             actions.append(self.act(row))
         self.reset()
         return np.stack(actions)
+
+
+def embedded_planner(props: ModelMetadata, card: ModelCard, path: Path, card_file: Path) -> dict[str, Any]:
+    """The planner settings inside the ONNX file (`metadata.controller.mpc`, covered by its sha256).
+
+    The card's `training.mpc` is a readable copy; a copy that differs means the card was edited,
+    and the edit is refused rather than silently ignored or obeyed.
+    """
+    embedded = props.controller.get("mpc")
+    if not isinstance(embedded, dict):
+        raise ModelError(
+            f"{path}: dynamics model carries no planner settings (metadata controller.mpc); "
+            "re-export it with `offrl-robot export`"
+        )
+    copy = card.training.get("mpc")
+    if copy is not None and copy != embedded:
+        raise ModelError(
+            f"{card_file}: training.mpc differs from the planner settings inside the model file "
+            "(which its sha256 covers); the card was edited: export again"
+        )
+    return dict(embedded)
 
 
 def load_controller(

@@ -12,15 +12,27 @@ Stages, every tick (design.md):
 1. observation finite and fresh (0 <= age <= max_observation_age_s)?  else target = safe action
 2. policy action finite (and of the right length)?                    else target = safe action
 3. clamp the policy action to the per-joint limits [low, high]
-4. slew-rate limit: |command_t - command_{t-1}| <= max_delta_per_tick per joint
+4. slew-rate limit, per SECOND: |command_t - command_{t-1}| <= max_rate * dt per joint, where dt
+   is the time since the previous command (the caller's measured tick interval), capped at the
+   nominal `control_period_s`: a tick source running 10x faster cannot ramp 10x faster, and a
+   late tick does not earn a bigger step (a stalled loop must not jump when it resumes)
 5. blend-in: over the first K = blend_ticks ticks after start or `reset()` the target is
    safe + (k / K) * (target - safe), k = 0 .. K-1 (the first tick is the pure safe action)
 6. e-stop latch: after `estop()` the target is the safe action until an explicit `reset()`
 
-Invariants (property-tested in tests/test_safety.py), for EVERY returned command:
-finite and within [low, high]; whenever the observation is stale/bad, the action is bad or the
-e-stop is latched, the command does not depend on the (untrusted) policy action; every other
-command is within max_delta_per_tick of the previous one, exactly as float64 computes it.
+Invariants (property-tested in tests/test_safety.py and fuzzed by benchmarks/safety_fuzz.py),
+for EVERY returned command: finite and within [low, high]; whenever the observation is
+stale/bad, the action is bad or the e-stop is latched, the command does not depend on the
+(untrusted) policy action; every other command is within max_rate * dt of the previous one,
+exactly as float64 computes it.
+
+Limits are rejected at construction when they could make the arithmetic overflow: a span
+high - low that is not finite in float64 (e.g. [-1e308, 1e308]) would turn the blend-in
+interpolation into inf - inf = NaN, so it is a ConfigError, never a NaN command.
+
+Position-controlled joints: "hold" holds the *measured* position when the caller passes it
+(`step(..., hold_reference=measured)`, and `reset(initial_command=measured)` before the first
+command), so a fault freezes the arm where it is; without it "hold" keeps the previous command.
 
 How the safe action meets the slew limit is a choice (`SafetyConfig.safe_action_at_once`):
 
@@ -31,7 +43,7 @@ How the safe action meets the slew limit is a choice (`SafetyConfig.safe_action_
   now; deceleration limits are the drive's job) and for "hold".
 - False: the safe action is a target like any other and the slew limit applies to it too,
   so the output moves toward the safe action at the slew limit and equals it once within
-  reach; then EVERY output, safe or not, is within max_delta_per_tick of the previous one.
+  reach; then EVERY output, safe or not, is within max_rate * dt of the previous one.
   Right for position commands with a fixed safe pose far from the current one, where a jump
   would be the violent step the limit exists to prevent.
 
@@ -48,6 +60,7 @@ ConfigError; "zero" is clamped to the nearest limit (e.g. a gripper with [0.01, 
 - A negative observation age (a stamp from the future: clocks disagree) counts as stale.
 - The blend-in counter runs on ticks since start/reset, whatever the inputs were; while
   latched it does not advance (reset restarts it anyway).
+- A dt that is NaN, zero or negative (a clock that went backwards) allows no change at all.
 """
 
 from __future__ import annotations
@@ -63,6 +76,9 @@ import numpy as np
 from offrl_robot.errors import ConfigError
 
 SAFE_ACTION_MODES = ("zero", "hold")
+# "auto" (config files and node parameters): the safe action that fits the command kind.
+SAFE_ACTION_AUTO = "auto"
+COMMAND_KINDS = ("position", "velocity", "effort")
 
 
 class Intervention(enum.IntFlag):
@@ -104,6 +120,58 @@ _NAMES_BY_FLAGS: tuple[tuple[str, ...], ...] = tuple(
 )
 
 
+def command_kind(action_names: Sequence[str]) -> str:
+    """The one kind every action commands (`joint_1.position_cmd` -> "position"), or "" if mixed/unknown.
+
+    The naming convention is the dataset's: `<joint>.<position|velocity|effort>[_cmd]`.
+    """
+    kinds = {
+        next((k for k in COMMAND_KINDS if name.rpartition(".")[2].startswith(k)), "") for name in action_names
+    }
+    return kinds.pop() if len(kinds) == 1 else ""
+
+
+def resolve_safe_action(
+    safe_action: str | Sequence[float], action_names: Sequence[str], source: str
+) -> str | list[float]:
+    """The safe action for these commands: "auto" becomes "hold" for positions, "zero" otherwise.
+
+    Refused as a ConfigError (one line), because each would move the robot when it should stop:
+    "zero" on position commands (zero means *go to q = 0*), "hold" on velocity or effort commands
+    (it would keep the last velocity/torque going), and "auto" on a mix of kinds.
+    """
+    if not isinstance(safe_action, str):
+        return [float(v) for v in safe_action]
+    kind = command_kind(action_names)
+    if safe_action == SAFE_ACTION_AUTO:
+        if not kind:
+            raise ConfigError(
+                f"{source}: safe_action auto needs actions of one kind (position|velocity|effort), "
+                f"got {list(action_names)[:8]}; set safe_action to a list with one value per action"
+            )
+        return "hold" if kind == "position" else "zero"
+    if safe_action == "zero" and kind == "position":
+        raise ConfigError(
+            f"{source}: safe_action zero on position commands would drive every joint to 0; "
+            "use hold (or auto) to stop where the arm is"
+        )
+    if safe_action == "hold" and kind in ("velocity", "effort"):
+        raise ConfigError(
+            f"{source}: safe_action hold on {kind} commands would keep the last {kind} going; use zero (or auto)"
+        )
+    return safe_action
+
+
+def hold_indices(action_names: Sequence[str], observation_names: Sequence[str]) -> list[int] | None:
+    """Where each commanded joint's measured position sits in the observation (position commands
+    only): `joint_1.position_cmd` -> index of `joint_1.position`. None when any is not observed."""
+    if command_kind(action_names) != "position":
+        return None
+    where = {name: i for i, name in enumerate(observation_names)}
+    indices = [where.get(name.rpartition(".")[0] + ".position") for name in action_names]
+    return None if any(i is None for i in indices) else [int(i) for i in indices]  # type: ignore[arg-type]
+
+
 def _float_vector(value: Any, field_name: str, source: str, length: int | None) -> np.ndarray:
     """Parse a per-joint list into float64, naming the field on any problem."""
     try:
@@ -127,12 +195,16 @@ def _float_vector(value: Any, field_name: str, source: str, length: int | None) 
 class SafetyConfig:
     """Per-joint limits and the safe behaviour. Validated on construction (one-line ConfigError).
 
-    low / high: command limits per joint (finite, low <= high).
-    max_delta_per_tick: largest change of the command per control tick, per joint (> 0; a single
-        number applies to every joint; inf disables the slew limit for that joint).
-    safe_action: "zero", "hold" (keep the command sent on the previous tick) or a fixed vector
-        inside [low, high]. "hold" suits position commands, "zero" velocity/effort commands.
+    low / high: command limits per joint (finite, low <= high, high - low finite).
+    max_rate: largest change of the command per SECOND, per joint (> 0; a single number applies
+        to every joint; inf disables the slew limit for that joint). A tick may change the
+        command by at most max_rate * dt (dt = time since the previous command, <= control_period_s).
+    safe_action: "zero", "hold" (keep the measured position when given, else the command sent on
+        the previous tick) or a fixed vector inside [low, high]. "hold" suits position commands,
+        "zero" velocity/effort commands.
     max_observation_age_s: an observation older than this (or with a future stamp) is stale.
+    control_period_s: the nominal tick period (1 / control rate): the dt of a tick whose caller
+        gives none, and the largest dt a tick may use.
     blend_ticks: K ticks of blend-in from the safe action after start and after every reset.
     safe_action_at_once: True = a stale/bad input or e-stop yields the safe action on that tick;
         False = the output approaches it at the slew limit (see the module docstring).
@@ -141,9 +213,10 @@ class SafetyConfig:
 
     low: Sequence[float]
     high: Sequence[float]
-    max_delta_per_tick: Sequence[float] | float
+    max_rate: Sequence[float] | float
     safe_action: str | Sequence[float]
     max_observation_age_s: float
+    control_period_s: float
     blend_ticks: int = 0
     safe_action_at_once: bool = True
     source: str = "safety config"
@@ -159,12 +232,21 @@ class SafetyConfig:
         if bad.size:
             j = int(bad[0])
             raise ConfigError(f"{src}: joint {j} has low {low[j]} > high {high[j]}; swap or fix the limits")
-        slew_value = self.max_delta_per_tick
-        if isinstance(slew_value, (int, float)) and not isinstance(slew_value, bool):
-            slew_value = [float(slew_value)] * low.size
-        slew = _float_vector(slew_value, "max_delta_per_tick", src, low.size)
-        if (slew <= 0).any():
-            raise ConfigError(f"{src}: max_delta_per_tick must be > 0 per joint, got {slew.tolist()}")
+        with np.errstate(over="ignore"):
+            span = high - low
+        wide = np.flatnonzero(~np.isfinite(span))
+        if wide.size:
+            j = int(wide[0])
+            raise ConfigError(
+                f"{src}: joint {j} limits [{low[j]}, {high[j]}] span more than float64 can hold; "
+                "give the real command range"
+            )
+        rate_value = self.max_rate
+        if isinstance(rate_value, (int, float)) and not isinstance(rate_value, bool):
+            rate_value = [float(rate_value)] * low.size
+        rate = _float_vector(rate_value, "max_rate", src, low.size)
+        if (rate <= 0).any():
+            raise ConfigError(f"{src}: max_rate must be > 0 per joint (inf = no limit), got {rate.tolist()}")
         if isinstance(self.safe_action, str):
             if self.safe_action not in SAFE_ACTION_MODES:
                 raise ConfigError(
@@ -179,9 +261,17 @@ class SafetyConfig:
                     f"{src}: safe_action[{j}] = {fixed[j]} is outside [{low[j]}, {high[j]}]; a safe action must be within the limits"
                 )
             self.safe_action = fixed.tolist()
-        age = self.max_observation_age_s
-        if isinstance(age, bool) or not isinstance(age, (int, float)) or math.isnan(age) or age <= 0:
-            raise ConfigError(f"{src}: max_observation_age_s must be a number > 0, got {age!r}")
+        for name in ("max_observation_age_s", "control_period_s"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or math.isnan(value)
+                or value <= 0
+            ):
+                raise ConfigError(f"{src}: {name} must be a number > 0, got {value!r}")
+        if not math.isfinite(self.control_period_s):
+            raise ConfigError(f"{src}: control_period_s must be finite, got {self.control_period_s!r}")
         if (
             isinstance(self.blend_ticks, bool)
             or not isinstance(self.blend_ticks, int)
@@ -192,8 +282,9 @@ class SafetyConfig:
             raise ConfigError(
                 f"{src}: safe_action_at_once must be true or false, got {self.safe_action_at_once!r}"
             )
-        self.low, self.high, self.max_delta_per_tick = low.tolist(), high.tolist(), slew.tolist()
-        self.max_observation_age_s = float(age)
+        self.low, self.high, self.max_rate = low.tolist(), high.tolist(), rate.tolist()
+        self.max_observation_age_s = float(self.max_observation_age_s)
+        self.control_period_s = float(self.control_period_s)
 
     @property
     def num_joints(self) -> int:
@@ -208,7 +299,7 @@ class SafetyConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown safety keys {unknown}; expected some of {sorted(names)}")
-        required = ("low", "high", "max_delta_per_tick", "safe_action", "max_observation_age_s")
+        required = ("low", "high", "max_rate", "safe_action", "max_observation_age_s", "control_period_s")
         missing = [key for key in required if key not in data]
         if missing:
             raise ConfigError(f"{source}: missing safety keys {missing}")
@@ -222,7 +313,7 @@ class SafetyConfig:
 class SafetyFilter:
     """Applies `SafetyConfig` to one command per tick; see the module docstring for the rules.
 
-    Use: `cmd = flt.step(action, observation, observation_age_s)` every tick; `flt.estop()`
+    Use: `cmd = flt.step(action, observation, observation_age_s, dt)` every tick; `flt.estop()`
     latches the safe action; `flt.reset()` releases the latch and restarts the blend-in.
     `flt.last_flags` (int bits of `Intervention`) says what fired on the last tick, and
     `flt.counters` how many ticks each intervention fired since construction.
@@ -237,7 +328,9 @@ class SafetyFilter:
         self._n = config.num_joints
         self._low: list[float] = list(config.low)
         self._high: list[float] = list(config.high)
-        self._slew: list[float] = list(config.max_delta_per_tick)
+        self._rate: list[float] = list(config.max_rate)
+        self._period = config.control_period_s
+        self._nominal_slew = self._slew_for(self._period)
         self._limits = list(zip(self._low, self._high, strict=True))
         self._stage_flags = 0
         self._max_age = config.max_observation_age_s
@@ -300,18 +393,44 @@ class SafetyFilter:
         return {**self._counts, "ticks": self.ticks}
 
     # ------------------------------------------------------------------ the tick
+    def _slew_for(self, dt: float) -> list[float]:
+        """Per-joint largest change for a tick of `dt` seconds (inf rate = unlimited, whatever dt)."""
+        return [r if r == math.inf else r * dt for r in self._rate]
+
     def step(
-        self, action: np.ndarray | Sequence[float], observation: np.ndarray | None, observation_age_s: float
+        self,
+        action: np.ndarray | Sequence[float],
+        observation: np.ndarray | None,
+        observation_age_s: float,
+        dt: float | None = None,
+        hold_reference: np.ndarray | Sequence[float] | None = None,
     ) -> np.ndarray:
         """Return the float64 command to send this tick (a new array, safe to keep).
 
         `observation_age_s` = now - stamp of the observation the action was computed from;
         pass `math.inf` when unknown. `observation=None` means no observation: stale.
+        `dt` = seconds since the previous command was sent (None = the nominal control period);
+        it is capped at the nominal period, and NaN / <= 0 allows no change.
+        `hold_reference` = the measured joint positions, for "hold" on position commands: the
+        safe action is then where the arm IS, not where the last command told it to go.
         """
         flags = 0
         alpha = None
         prev = self._prev
-        safe = prev if self._hold else self._safe_vector
+        if dt is None:
+            slew = self._nominal_slew
+        else:
+            slew = (
+                self._slew_for(dt if dt < self._period else self._period) if dt > 0.0 else self._slew_for(0.0)
+            )
+        if self._hold:
+            safe = prev
+            if hold_reference is not None:
+                measured = self._finite_list(hold_reference)
+                if measured is not None:
+                    safe = [min(max(x, lo), hi) for x, (lo, hi) in zip(measured, self._limits, strict=True)]
+        else:
+            safe = self._safe_vector
         if self._latched:
             flags = _ESTOP
             target = safe
@@ -336,7 +455,7 @@ class SafetyFilter:
         if flags & _UNTRUSTED and self._safe_at_once:
             out = list(safe)  # inside the limits by construction; no slew, no blend: stop now
         else:
-            out = self._clamp_blend_slew(target, safe, prev, alpha)
+            out = self._clamp_blend_slew(target, safe, prev, alpha, slew)
             flags |= self._stage_flags
         self._prev = out
         self.last_flags = flags
@@ -347,19 +466,33 @@ class SafetyFilter:
                 counts[name] += 1
         return np.array(out)
 
+    def _finite_list(self, values: np.ndarray | Sequence[float]) -> list[float] | None:
+        """`values` as n finite floats, or None (a bad measurement never becomes a command)."""
+        try:
+            out = [float(v) for v in (values.tolist() if isinstance(values, np.ndarray) else values)]
+            usable = len(out) == self._n and all(map(math.isfinite, out))
+        except (TypeError, ValueError):
+            return None
+        return out if usable else None
+
     def _clamp_blend_slew(
-        self, target: list[float], safe: list[float], prev: list[float], alpha: float | None
+        self,
+        target: list[float],
+        safe: list[float],
+        prev: list[float],
+        alpha: float | None,
+        slew: list[float],
     ) -> list[float]:
         """Stages 3-5 in one pass over the joints (one Python loop instead of three).
 
         Sets `self._stage_flags` to the CLAMPED / SLEW_LIMITED bits that fired. A joint within
-        max_delta_per_tick of `prev` keeps its exact value, so a caller's check
+        `slew` of `prev` keeps its exact value, so a caller's check
         `abs(out - prev) <= slew` is bit-for-bit the one made here.
         """
         clamped = limited = False
         out = []
         append = out.append
-        for t, s, p, sl, lo, hi in zip(target, safe, prev, self._slew, self._low, self._high, strict=True):
+        for t, s, p, sl, lo, hi in zip(target, safe, prev, slew, self._low, self._high, strict=True):
             if t < lo:
                 t, clamped = lo, True
             elif t > hi:

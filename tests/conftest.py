@@ -3,6 +3,7 @@
 - `shared_data`: the real fixtures in ../shared/data (bags, Menagerie arms), read in place;
   tests that need them skip with a clear reason when ../shared is absent.
 - `minari_root`: every test gets its own MINARI_DATASETS_PATH so nothing touches ~/.minari.
+- `ros_home`: every test gets its own ROS_HOME (policy_node's persisted e-stop latch lives there).
 - `ros_env`: environment for processes that start rclpy: DDS on loopback only, a distinct
   ROS_DOMAIN_ID per test, AMENT_PREFIX_PATH pointing at the venv.
 - `run_child`: start a child process with a hard SIGKILL timeout (a hung rclpy process can
@@ -41,6 +42,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real fixtures not found at {SHARED_DATA} (CI lays ../shared beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def ros_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own ROS_HOME: policy_node persists its e-stop latch there, and a latch
+    left by one test must not hold the next one's robot (nor a developer's ~/.ros)."""
+    home = tmp_path_factory.mktemp("ros_home")
+    monkeypatch.setenv("ROS_HOME", str(home))
+    return home
 
 
 @pytest.fixture(autouse=True)

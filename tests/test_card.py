@@ -18,8 +18,10 @@ from offrl_robot.card import (
     ValidationRecord,
     card_path_for,
     file_sha256,
+    parse_threshold_floor,
     read_metadata_props,
     set_validation,
+    verdict_problems,
     write_metadata_props,
 )
 from offrl_robot.errors import ModelError
@@ -32,6 +34,7 @@ def passing_record() -> ValidationRecord:
         metrics={"success_rate": 0.9, "mean_return": -3.5},
         thresholds={"success_rate": {"min": 0.8}},
         passed=True,
+        model_sha256="ab" * 32,
     )
 
 
@@ -86,13 +89,58 @@ def test_set_validation_and_deploy_guard(tmp_path: Path) -> None:
     card = ModelCard.read(path)
     assert card.validation is None
     with pytest.raises(ModelError, match="no validation block; run `offrl-robot validate` first"):
-        card.require_passing_validation(path)
-    card.require_passing_validation(path, allow_unvalidated=True)
+        card.require_passing_validation(path, card.sha256)
     set_validation(path, replace(passing_record(), passed=False, date="2026-11-26T12:00:00Z"))
     with pytest.raises(ModelError, match=r"FAILED validation on reach \(2026-11-26T12:00:00Z\)"):
-        ModelCard.read(path).require_passing_validation(path)
+        ModelCard.read(path).require_passing_validation(path, card.sha256)
     set_validation(path, passing_record())
-    ModelCard.read(path).require_passing_validation(path)
+    ModelCard.read(path).require_passing_validation(path, card.sha256)
+    # the verdict licenses the bytes it judged, not a file that replaced them
+    with pytest.raises(ModelError, match="validation was made for another model file"):
+        ModelCard.read(path).require_passing_validation(path, "cd" * 32)
+
+
+def test_set_validation_refuses_a_verdict_for_other_bytes(tmp_path: Path) -> None:
+    """The model was swapped while the gate ran: the card now describes other bytes than the gate
+    judged, so no verdict is written (the swapped model must not come out with a passing card)."""
+    path = write_card(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(ModelError, match="model changed during validation, nothing was written"):
+        set_validation(path, replace(passing_record(), model_sha256="cd" * 32))
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (
+            ["success_rate>=0.8", "nan_events <= 0"],
+            {"success_rate": {"min": 0.8}, "nan_events": {"max": 0.0}},
+        ),
+        (["x>=1", "x<=2"], {"x": {"min": 1.0, "max": 2.0}}),
+    ],
+)
+def test_threshold_floor_parses(entries: list[str], expected: dict) -> None:
+    assert parse_threshold_floor(entries, "p") == expected
+
+
+@pytest.mark.parametrize("entries", [["success_rate=0.8"], [">=1"], ["x>=nan"], "success_rate>=0.8"])
+def test_threshold_floor_rejects_garbage_in_one_line(entries: object) -> None:
+    with pytest.raises(ModelError, match="p: "):
+        parse_threshold_floor(entries, "p")
+
+
+def test_verdict_problems_recompute_instead_of_trusting() -> None:
+    good = passing_record()
+    floor = {"success_rate": {"min": 0.8}}
+    assert verdict_problems(good, good.model_sha256, floor) == []
+    flipped = replace(good, metrics={"success_rate": 0.3})
+    assert any("its own thresholds fail" in p for p in verdict_problems(flipped, good.model_sha256, floor))
+    weak = replace(good, thresholds={"success_rate": {"min": 0.0}})
+    assert any("weaker than the floor" in p for p in verdict_problems(weak, good.model_sha256, floor))
+    # a floor metric the task does not report (locomotion: no success_rate) is not applicable
+    locomotion = replace(good, metrics={"return_mean": 1.0}, thresholds={})
+    assert verdict_problems(locomotion, good.model_sha256, floor) == []
 
 
 def test_threshold_failures() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from offrl_robot.errors import ConfigError
 from offrl_robot.mpc import CEMPlanner, MPCConfig, MPPIPlanner, load_controller, make_planner
+from offrl_robot.registry import register_reward
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZON, ACT_DIM = 5, 3
@@ -112,8 +113,11 @@ def test_planner_config_errors_are_one_line() -> None:
         MPCConfig.from_dict({"method": "ilqr"})
     with pytest.raises(ConfigError, match="horizon must be an integer"):
         MPCConfig.from_dict({"horizon": 0})
-    with pytest.raises(ConfigError, match="'learned' or 'module:function'"):
+    with pytest.raises(ConfigError, match="'learned' or a registered reward function"):
         MPCConfig.from_dict({"reward": "distance"})
+    # never an import of whatever a card names (that would run code at configure time)
+    with pytest.raises(ConfigError, match="registered reward function"):
+        MPCConfig.from_dict({"reward": "os:getcwd"})
     with pytest.raises(ConfigError, match="one value or one per action"):
         make_planner(MPCConfig(max_action_change=[0.1, 0.2]), LOW, HIGH)
 
@@ -121,6 +125,9 @@ def test_planner_config_errors_are_one_line() -> None:
 def linear_reward(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
     """A named reward (`test_mpc:linear_reward`) for the unrolled-graph test: row-wise."""
     return -np.square(next_obs).sum(-1) - 0.1 * np.square(act).sum(-1) + 0.01 * obs[:, 0]
+
+
+register_reward("test_mpc:linear_reward", linear_reward)  # this process's allow-list
 
 
 @pytest.mark.parametrize("reward", ["learned", "test_mpc:linear_reward"])

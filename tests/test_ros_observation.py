@@ -54,7 +54,7 @@ def test_maps_by_name_whatever_the_message_order() -> None:
         (["joint_1", "joint_2"], [1.0, 2.0], [], "velocity has 0 values for 2 names"),
         (["joint_1", "joint_2"], [1.0, math.nan], [0.0, 0.0], "joint 'joint_2' is not finite"),
         (["joint_1", "joint_2"], [1.0, 2.0], [math.inf, 0.0], "velocity of joint 'joint_1' is not finite"),
-        (["joint_1", "joint_3"], [1.0, 2.0], [0.0, 0.0], "lacks joint(s) ['joint_2']"),
+        (["joint_1", "joint_2"], [1.0, 1e300], [0.0, 0.0], "joint 'joint_2' overflows float32 (1e+300)"),
         (["joint_1", "joint_1", "joint_2"], [1.0, 1.0, 2.0], [0.0, 0.0, 0.0], "names joint 'joint_1' twice"),
     ],
 )
@@ -66,6 +66,43 @@ def test_bad_joint_state_invalidates_until_a_good_one(names, position, velocity,
     assert obs.error == err  # the observation is unusable, with the reason
     assert obs.update_joint_state(["joint_2", "joint_1"], [2.0, 1.0], [0.0, 0.0], []) is None
     assert obs.error is None
+
+
+def test_several_publishers_each_update_their_own_joints() -> None:
+    """An arm broadcaster and a gripper driver on one topic, each with its own name[] (and a field
+    the other leaves empty): every joint is taken from the latest message carrying it, and the
+    observation is as old as its oldest joint."""
+    obs = ObservationAssembler(
+        ["j1.position", "j1.velocity", "finger.position"], hold_joints=["j1", "finger"]
+    )
+    assert obs.error is not None and "no /joint_states value yet" in obs.error
+    assert obs.update_joint_state(["j1"], [0.5], [0.1], [], received=10.0, stamp=1.0) is None
+    assert "['finger']" in obs.error
+    # the gripper publishes position only (empty velocity): fine, nothing needs its velocity
+    assert obs.update_joint_state(["finger"], [0.02], [], [], received=10.5, stamp=1.5) is None
+    assert obs.error is None
+    np.testing.assert_array_equal(obs.vector, np.float32([0.5, 0.1, 0.02]))
+    np.testing.assert_array_equal(obs.hold_positions, [0.5, 0.02])
+    assert obs.oldest_update() == (10.0, 1.0)  # the arm's message is the older one
+    # a message of a publisher the model does not use changes nothing
+    assert obs.update_joint_state(["base_wheel"], [3.0], [3.0], [], received=11.0) is None
+    assert obs.oldest_update() == (10.0, 1.0)
+    # a bad gripper message invalidates the gripper joints only until the next good one
+    assert "not finite" in obs.update_joint_state(["finger"], [math.nan], [], [], received=11.0)
+    assert obs.error is not None and "finger" in obs.error
+    assert obs.update_joint_state(["finger"], [0.03], [], [], received=11.5) is None
+    assert obs.error is None
+
+
+def test_shuffled_name_order_every_message_maps_by_name() -> None:
+    names = ["a.position", "b.position", "c.position"]
+    obs = ObservationAssembler(names)
+    rng = np.random.default_rng(0)
+    for t in range(300):  # more distinct orders than one cached layout, fewer than the cache size
+        order = rng.permutation(["a", "b", "c"]).tolist()
+        values = {"a": t + 0.1, "b": t + 0.2, "c": t + 0.3}
+        assert obs.update_joint_state(order, [values[j] for j in order], [], [], received=float(t)) is None
+        np.testing.assert_array_equal(obs.vector, np.float32([values["a"], values["b"], values["c"]]))
 
 
 def test_needs_every_extra_topic_and_rejects_nan_goal() -> None:

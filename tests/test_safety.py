@@ -19,7 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offrl_robot.errors import ConfigError
-from offrl_robot.safety import COUNTER_NAMES, Intervention, SafetyConfig, SafetyFilter, intervention_names
+from offrl_robot.safety import (
+    COUNTER_NAMES,
+    Intervention,
+    SafetyConfig,
+    SafetyFilter,
+    hold_indices,
+    intervention_names,
+    resolve_safe_action,
+)
 
 # ---------------------------------------------------------------------------------- examples
 
@@ -28,9 +36,10 @@ def make_config(**overrides: object) -> SafetyConfig:
     base: dict[str, object] = {
         "low": [-1.0, -2.0, 0.5],
         "high": [1.0, 2.0, 1.5],
-        "max_delta_per_tick": [0.1, 0.5, 1.0],
+        "max_rate": [0.1, 0.5, 1.0],  # per second; with a 1 s period the numbers are per tick too
         "safe_action": "hold",
         "max_observation_age_s": 0.05,
+        "control_period_s": 1.0,
         "blend_ticks": 0,
     }
     base.update(overrides)
@@ -103,7 +112,7 @@ def test_zero_safe_action_outside_limits_is_clamped_and_reached_at_slew_rate() -
 
 
 def test_blend_in_ramps_from_safe_action_after_start_and_reset() -> None:
-    cfg = make_config(safe_action=[0.0, 0.0, 1.0], blend_ticks=4, max_delta_per_tick=10.0)
+    cfg = make_config(safe_action=[0.0, 0.0, 1.0], blend_ticks=4, max_rate=10.0)
     flt = SafetyFilter(cfg)
     action = np.array([0.8, 1.6, 1.4])
     outs = [flt.step(action, OBS, 0.0) for _ in range(6)]
@@ -164,8 +173,12 @@ def test_returned_command_is_a_copy_and_intervention_names() -> None:
         ({"high": [1.0, 2.0]}, "high has 2 values but low/high have 3"),
         ({"low": [np.nan, -2.0, 0.5]}, "low contains NaN at index 0"),
         ({"high": [np.inf, 2.0, 1.5]}, "high must be finite"),
-        ({"max_delta_per_tick": [0.1, 0.0, 1.0]}, "max_delta_per_tick must be > 0"),
-        ({"max_delta_per_tick": [0.1, 0.1]}, "max_delta_per_tick has 2 values"),
+        ({"max_rate": [0.1, 0.0, 1.0]}, "max_rate must be > 0"),
+        ({"max_rate": [0.1, 0.1]}, "max_rate has 2 values"),
+        ({"max_rate": [0.1, np.nan, 1.0]}, "max_rate contains NaN"),
+        ({"low": [-1e308, -2.0, 0.5], "high": [1e308, 2.0, 1.5]}, "span more than float64 can hold"),
+        ({"control_period_s": 0.0}, "control_period_s must be a number > 0"),
+        ({"control_period_s": math.inf}, "control_period_s must be finite"),
         ({"safe_action": [0.0, 0.0, 0.0]}, "safe_action[2] = 0.0 is outside [0.5, 1.5]"),
         ({"safe_action": "brake"}, "safe_action 'brake' is not 'zero', 'hold'"),
         ({"max_observation_age_s": 0.0}, "max_observation_age_s must be a number > 0"),
@@ -189,6 +202,96 @@ def test_config_from_mapping_names_source_and_keys() -> None:
         SafetyFilter(make_config(), initial_command=[0.0, np.nan, 1.0])
 
 
+def test_slew_limit_is_per_second_whatever_the_tick_rate() -> None:
+    """15 /s configured at a 50 Hz nominal period; ticked at 1 kHz (tick_source joint_states) the
+    command may still only move 15 per second (it moved 1,135 /s when the limit was per tick)."""
+    cfg = make_config(low=[-100.0], high=[100.0], max_rate=15.0, safe_action="zero", control_period_s=0.02)
+    flt = SafetyFilter(cfg, initial_command=[0.0])
+    for _ in range(1000):  # one second of 1 kHz ticks, the policy asking for +100 every tick
+        out = flt.step(np.array([100.0]), OBS, 0.0, dt=0.001)
+    assert out[0] == pytest.approx(15.0, rel=1e-9)
+    # a late tick does not earn a bigger step (dt capped at the nominal period)
+    late = flt.step(np.array([100.0]), OBS, 0.0, dt=5.0)
+    assert late[0] - out[0] == pytest.approx(15.0 * 0.02)
+    # no dt given: the nominal period
+    assert flt.step(np.array([100.0]), OBS, 0.0)[0] - late[0] == pytest.approx(15.0 * 0.02)
+
+
+@pytest.mark.parametrize("dt", [math.nan, 0.0, -0.01, -math.inf])
+def test_a_bad_dt_allows_no_change(dt: float) -> None:
+    flt = SafetyFilter(make_config(safe_action="zero"), initial_command=[0.5, 0.0, 1.0])
+    np.testing.assert_array_equal(flt.step(np.array([0.9, 1.0, 1.2]), OBS, 0.0, dt=dt), [0.5, 0.0, 1.0])
+    assert flt.last_interventions == Intervention.SLEW_LIMITED
+
+
+def test_hold_holds_the_measured_position_when_given() -> None:
+    """Position commands: a fault freezes the arm where it IS (clamped into the limits), not where
+    the last command sent it; a non-finite measurement falls back to the last command."""
+    flt = SafetyFilter(make_config(safe_action="hold"), initial_command=[0.1, 0.2, 1.0])
+    flt.step(np.array([0.15, 0.25, 1.05]), OBS, 0.0)
+    out = flt.step(np.array([0.9, 0.9, 0.9]), None, 0.0, hold_reference=[0.12, 5.0, 1.01])
+    np.testing.assert_array_equal(out, [0.12, 2.0, 1.01])
+    assert flt.last_interventions == Intervention.STALE_OR_BAD_OBSERVATION
+    out = flt.step(np.array([0.9, 0.9, 0.9]), None, 0.0, hold_reference=[np.nan, 0.0, 1.0])
+    np.testing.assert_array_equal(out, [0.12, 2.0, 1.01])
+
+
+def test_blend_in_starts_from_the_measured_position() -> None:
+    cfg = make_config(safe_action="hold", blend_ticks=2, max_rate=10.0)
+    flt = SafetyFilter(cfg, initial_command=[0.0, 0.0, 1.0])
+    flt.reset(initial_command=[0.4, -1.0, 1.2])  # where the arm is at activation
+    first = flt.step(np.array([0.8, 1.0, 1.4]), OBS, 0.0, hold_reference=[0.4, -1.0, 1.2])
+    np.testing.assert_array_equal(first, [0.4, -1.0, 1.2])  # never a jump to 0
+
+
+def test_overflowing_limits_are_refused_not_nan() -> None:
+    """The issue's repro: [-1e308, 1e308] limits, unlimited rate, blend-in -> it returned NaN."""
+    with pytest.raises(ConfigError, match="span more than float64"):
+        SafetyConfig([-1e308], [1e308], [math.inf], "hold", 1.0, 0.02, blend_ticks=1)
+    # the widest span that float64 holds works, and never yields NaN
+    flt = SafetyFilter(
+        SafetyConfig([-8e307], [8e307], [math.inf], "hold", 1.0, 0.02, blend_ticks=3),
+        initial_command=[-8e307],
+    )
+    for action in ([8e307], [1e308], [-1e308], [0.0]):
+        out = flt.step(action, [0.0], 0.0)
+        assert np.isfinite(out).all() and -8e307 <= out[0] <= 8e307
+
+
+@pytest.mark.parametrize(
+    ("mode", "names", "expected"),
+    [
+        ("auto", ["a.position_cmd", "b.position_cmd"], "hold"),
+        ("auto", ["a.velocity_cmd"], "zero"),
+        ("auto", ["a.effort"], "zero"),
+        ("hold", ["a.position_cmd"], "hold"),
+        ([0.1, 0.2], ["a.position_cmd", "b.velocity_cmd"], [0.1, 0.2]),
+    ],
+)
+def test_safe_action_fits_the_command_kind(mode: object, names: list[str], expected: object) -> None:
+    assert resolve_safe_action(mode, names, "cfg") == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("mode", "names", "needle"),
+    [
+        ("zero", ["a.position_cmd"], "would drive every joint to 0"),
+        ("hold", ["a.velocity_cmd"], "keep the last velocity going"),
+        ("auto", ["a.position_cmd", "b.velocity_cmd"], "needs actions of one kind"),
+    ],
+)
+def test_safe_action_that_would_move_the_robot_is_refused(mode: str, names: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        resolve_safe_action(mode, names, "cfg")
+
+
+def test_hold_indices_find_the_measured_positions() -> None:
+    obs = ["b.position", "a.position", "a.velocity"]
+    assert hold_indices(["a.position_cmd", "b.position_cmd"], obs) == [1, 0]
+    assert hold_indices(["a.velocity_cmd"], obs) is None
+    assert hold_indices(["c.position_cmd"], obs) is None
+
+
 # ---------------------------------------------------------------------------------- properties
 #
 # Cost on this 2-core machine: an EMPTY hypothesis test costs ~1.1 ms per example under the
@@ -201,7 +304,8 @@ SPECIAL = (math.nan, math.inf, -math.inf, 1e30, -1e30, 3.0e38, -0.0, 5e-324)
 SPECIAL_AGES = (math.nan, math.inf, -math.inf, -1e-3, 0.0)
 TICKS = 100
 EXAMPLES = 1_050
-BYTES_PER_TICK = 2 + 2 * 7 + 2 * 3  # event, age, 7 action values, 3 observation values
+SPECIAL_DTS = (math.nan, 0.0, -1.0, math.inf, 5e-324)
+BYTES_PER_TICK = 3 + 2 * 7 + 2 * 3  # event, age, dt, 7 action values, 3 observation values
 
 
 def decode_value(b0: int, b1: int, lo: float, hi: float) -> float:
@@ -211,7 +315,9 @@ def decode_value(b0: int, b1: int, lo: float, hi: float) -> float:
     return lo + (hi - lo) * (-0.25 + 1.5 * b1 / 255.0)
 
 
-def decode_ticks(blob: bytes, cfg: SafetyConfig) -> list[tuple[str, list[float], list[float], float, bool]]:
+def decode_ticks(
+    blob: bytes, cfg: SafetyConfig
+) -> list[tuple[str, list[float], list[float], float, bool, float]]:
     n, out = cfg.num_joints, []
     for t in range(TICKS):
         chunk = blob[t * BYTES_PER_TICK : (t + 1) * BYTES_PER_TICK]
@@ -221,9 +327,14 @@ def decode_ticks(blob: bytes, cfg: SafetyConfig) -> list[tuple[str, list[float],
             age = SPECIAL_AGES[age_byte - (256 - len(SPECIAL_AGES))]
         else:
             age = cfg.max_observation_age_s * 1.25 * age_byte / 250.0  # ~20% of ticks too old
+        dt_byte = chunk[22]
+        if dt_byte >= 256 - len(SPECIAL_DTS):
+            dt = SPECIAL_DTS[dt_byte - (256 - len(SPECIAL_DTS))]
+        else:  # jitter of +-80 % around the nominal period
+            dt = cfg.control_period_s * (0.2 + 1.6 * dt_byte / 250.0)
         values = [decode_value(chunk[2 + 2 * j], chunk[3 + 2 * j], cfg.low[j], cfg.high[j]) for j in range(n)]
         obs = [decode_value(chunk[16 + 2 * j], chunk[17 + 2 * j], -1.0, 1.0) for j in range(3)]
-        out.append((event, values, obs, age, bool(ev & 1)))
+        out.append((event, values, obs, age, bool(ev & 1), dt))
     return out
 
 
@@ -242,12 +353,14 @@ def configs(draw: st.DrawFn) -> SafetyConfig:
     if kind == "fixed":
         fractions = draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n))
         safe = [min(max(lo + f * (hi - lo), lo), hi) for (lo, hi), f in zip(bounds, fractions, strict=True)]
+    period = draw(st.sampled_from([1.0, 0.02, 0.001]))
     return SafetyConfig(
         low=[lo for lo, _ in bounds],
         high=[hi for _, hi in bounds],
-        max_delta_per_tick=slew,
+        max_rate=[rate / period for rate in slew],  # per second: the same steps per nominal tick
         safe_action=safe,
         max_observation_age_s=draw(st.floats(1e-3, 0.1)),
+        control_period_s=period,
         blend_ticks=draw(st.integers(0, 6)),
         safe_action_at_once=draw(st.booleans()),
     )
@@ -257,7 +370,7 @@ def check_tick(
     flt: SafetyFilter, twin: SafetyFilter, prev: np.ndarray, tick: tuple, latched: bool
 ) -> tuple[np.ndarray, bool]:
     """One tick through `flt` and `twin`; assert every invariant; return (output, latched)."""
-    event, action, observation, age, as_float32 = tick
+    event, action, observation, age, as_float32, dt = tick
     if event == "estop":
         flt.estop()
         twin.estop()
@@ -271,7 +384,10 @@ def check_tick(
         act = np.array(action, dtype=dtype)  # 3e38 and 1e30 stay finite in float32 (3.4e38 would not)
         obs = np.array(observation, dtype=dtype)
     cfg = flt.config
-    low, high, slew = np.array(cfg.low), np.array(cfg.high), np.array(cfg.max_delta_per_tick)
+    low, high = np.array(cfg.low), np.array(cfg.high)
+    # the step this tick may take: rate x dt, dt capped at the nominal period, none for a bad dt
+    used = (dt if dt < cfg.control_period_s else cfg.control_period_s) if dt > 0.0 else 0.0
+    slew = np.array([r if r == math.inf else r * used for r in cfg.max_rate])
     stale = not (0.0 <= age <= cfg.max_observation_age_s) or not np.isfinite(obs).all()
     bad = not np.isfinite(act).all()
     # Where the action must not matter the twin gets a different one of the same kind
@@ -282,8 +398,8 @@ def check_tick(
         twin_action = np.where(np.isfinite(act), 0.5 * (low + high), np.nan)
     else:
         twin_action = act
-    out = flt.step(act, obs, age)
-    twin_out = twin.step(twin_action, obs, age)
+    out = flt.step(act, obs, age, dt=dt)
+    twin_out = twin.step(twin_action, obs, age, dt=dt)
 
     assert out.dtype == np.float64 and out.shape == low.shape
     assert np.isfinite(out).all(), out
@@ -375,7 +491,7 @@ def test_property_random_configs_either_raise_one_line_config_error_or_work() ->
     )
     def prop(low: list, high: list, slew: object, safe: object, age: float, blend: int) -> None:
         try:
-            cfg = SafetyConfig(low, high, slew, safe, age, blend)  # type: ignore[arg-type]
+            cfg = SafetyConfig(low, high, slew, safe, age, 0.02, blend)  # type: ignore[arg-type]
         except ConfigError as err:
             assert "\n" not in str(err) and str(err).startswith("safety config: ")
             return

@@ -27,7 +27,7 @@ from onnx_fixtures import write_policy
 from PIL import Image
 
 from offrl_robot import cli
-from offrl_robot.card import ModelCard, ModelMetadata
+from offrl_robot.card import ModelCard, ModelMetadata, file_sha256
 from offrl_robot.data.collect import collect
 from offrl_robot.errors import ConfigError, ModelError
 from offrl_robot.export import export_checkpoint
@@ -153,7 +153,11 @@ def test_good_policy_passes_and_card_gets_a_passing_block(model_copy: Path, tmp_
     assert card.validation.task == TASK and card.validation.episodes == 8
     assert card.validation.metrics == pytest.approx(result.metrics)
     assert card.validation.thresholds == config.thresholds
-    card.require_passing_validation(result.card_path)  # what the ROS node checks
+    assert card.validation.model_sha256 == file_sha256(model_copy) == card.sha256  # bound to the bytes run
+    # what the ROS node checks, with a floor matching this score-based gate config (the default
+    # floor would also want success_rate, which this config does not test)
+    floor = {"nan_events": {"max": 0.0}, "intervention_rate": {"max": 0.05}}
+    card.require_passing_validation(result.card_path, file_sha256(model_copy), floor)
     PolicyRuntime(model_copy)  # the card still matches the model (sha256, metadata)
 
 
@@ -174,7 +178,7 @@ def test_random_weights_policy_fails_from_the_cli_naming_the_metric(
     assert card.validation is not None and card.validation.passed is False
     assert card.validation.metrics["success_rate"] == 0.0
     with pytest.raises(ModelError, match="FAILED validation"):
-        card.require_passing_validation(model.with_name("random_arm.card.yaml"))
+        card.require_passing_validation(model.with_name("random_arm.card.yaml"), card.sha256)
     folder = tmp_path / "reports" / "random_arm"
     report = json.loads((folder / "report.json").read_text())
     assert report["passed"] is False and report["failures"] == card_failures(card)
@@ -331,6 +335,11 @@ def test_bad_config_and_bad_input_are_one_line_errors(
 
 
 def test_gate_config_slew_is_per_second_at_the_model_rate() -> None:
-    config = replace(load_gate_config(), max_slew_rate=[10.0, 0.0])
-    safety = GateConfig.safety_config(config, [-1.0, -1.0], [1.0, 1.0], rate_hz=50.0)
-    assert safety.max_delta_per_tick == [0.2, math.inf]
+    config = replace(load_gate_config(), max_slew_rate=[10.0, math.inf])
+    safety = GateConfig.safety_config(
+        config, [-1.0, -1.0], [1.0, 1.0], 50.0, ["a.velocity_cmd", "b.velocity_cmd"]
+    )
+    assert safety.max_rate == [10.0, math.inf] and safety.control_period_s == pytest.approx(0.02)
+    assert safety.safe_action == "zero"  # auto, velocity commands
+    position = GateConfig.safety_config(config, [-1.0, -1.0], [1.0, 1.0], 50.0, ["a.position", "b.position"])
+    assert position.safe_action == "hold"  # auto, position commands: hold where the arm is

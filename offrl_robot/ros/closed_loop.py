@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,8 +83,12 @@ def run_closed_loop(
     episode_s: float = 2.5,
     domain_id: int = 73,
     log_dir: str | os.PathLike[str] | None = None,
+    policy_overrides: Sequence[str] = (),
 ) -> ClosedLoopResult:
-    """Run both nodes for `seconds` (after the first command arrives); see the module docstring."""
+    """Run both nodes for `seconds` (after the first command arrives); see the module docstring.
+
+    `policy_overrides`: extra `NAME:=VALUE` parameters for policy_node (e.g. a lower
+    `min_thresholds` floor for a reduced, supervised run)."""
     env = _ros_env(domain_id)
     logs = Path(log_dir) if log_dir else None
     if logs:
@@ -97,6 +102,7 @@ def run_closed_loop(
             str(policy_params),
             "-p",
             f"model_path:={Path(model).resolve()}",
+            *(arg for override in policy_overrides for arg in ("-p", override)),
         ],
     }
     procs: list[subprocess.Popen[bytes]] = []

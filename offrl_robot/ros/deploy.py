@@ -45,12 +45,29 @@ def _ros_args(args: argparse.Namespace) -> list[str]:
         raise ConfigError(f"params file {params} not found; pass --params config/policy.yaml")
     ros_args = ["offrl-robot-deploy", "--ros-args", "--params-file", str(params)]
     if args.sim:
+        # Never a silent default: without a sim.yaml sim_node would simulate ArmReach-v0, whatever
+        # robot the model is for.
         sim_params = Path(args.sim_params) if args.sim_params else params.with_name("sim.yaml")
-        if args.sim_params and not sim_params.is_file():
-            raise ConfigError(f"sim params file {sim_params} not found; pass --sim-params config/sim.yaml")
-        if sim_params.is_file():
-            ros_args += ["--params-file", str(sim_params)]
+        if not sim_params.is_file():
+            raise ConfigError(
+                f"--sim needs a sim.yaml for the model's robot: {sim_params} not found; pass --sim-params "
+                "FILE (config/sim.yaml simulates ArmReach-v0; for your arm set model: to its MJCF)"
+            )
+        ros_args += ["--params-file", str(sim_params)]
     return ros_args
+
+
+def check_sim_matches_model(
+    sim_joints: list[str], sim_commands: int, model_joints: list[str], source: str
+) -> None:
+    """The simulated robot must be the model's: every commanded joint simulated, one actuator per action."""
+    missing = [joint for joint in model_joints if joint not in sim_joints]
+    if missing or sim_commands != len(model_joints):
+        raise ConfigError(
+            f"{source}: the simulated robot ({sim_commands} actuators, joints {sim_joints[:8]}) is not the "
+            f"model's ({len(model_joints)} actions on {model_joints[:8]}"
+            f"{f', missing {missing[:8]}' if missing else ''}); point sim.yaml's model: at this robot's MJCF"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
         nodes.append(policy)
         if policy.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             raise policy.configure_error or ModelError("policy_node failed to configure (see the log above)")
+        if args.sim:
+            setup = policy.setup
+            assert setup is not None
+            check_sim_matches_model(
+                sim.backend.joint_names, sim.backend.num_commands, setup.action_joints, ros_args[-1]
+            )
         policy.trigger_activate()
         executor = make_executor(str(policy.get_parameter("executor").value), context=context)
         for node in nodes:

@@ -82,10 +82,14 @@ def write_linear_policy(
     card_module.write_metadata_props(model, metadata)
     data = model.SerializeToString()
     atomic_write_bytes(path, data)
-    record = None if validation is None else card_module.ValidationRecord(**validation)
+    sha256 = card_module.bytes_sha256(data)
+    # a verdict is bound to the bytes it judged; a caller may give another sha256 (a stale verdict)
+    record = (
+        None if validation is None else card_module.ValidationRecord(**{"model_sha256": sha256, **validation})
+    )
     card_module.ModelCard(
         model=path.name,
-        sha256=card_module.bytes_sha256(data),
+        sha256=sha256,
         metadata=metadata,
         training={"kind": "hand-written linear controller (offrl_robot.ros.linear_policy)"},
         validation=record,

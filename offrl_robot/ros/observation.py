@@ -14,6 +14,7 @@ tested without DDS and reused by the in-process deploy runner.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,14 +55,47 @@ def split_name(name: str) -> tuple[str, str]:
     return head, tail
 
 
+# Largest magnitude an observation entry may have: the model takes float32, and a value beyond
+# float32's range (a driver sending 1e300) would become inf inside the model.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Distinct JointState name lists remembered (per-message shuffled orders, several publishers);
+# beyond this the cache starts over, so a hostile stream of fresh orders cannot grow memory.
+MAX_LAYOUTS = 256
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the joints a JointState with this `name` list carries go: computed once per list."""
+
+    count: int
+    takes: dict[str, tuple[np.ndarray, np.ndarray]]  # field -> (message indices, vector indices)
+    rows: np.ndarray  # tracked-joint rows this message updates
+    names: tuple[str, ...]  # the joints it updates, for error messages and invalidation
+    hold_take: np.ndarray  # message indices of the hold joints' positions
+    hold_dest: np.ndarray  # their rows in `hold_positions`
+
+
 class ObservationAssembler:
     """Keeps the latest valid value of every observation entry and says whether the vector is usable.
 
     `extra_prefixes` are the observation-name prefixes served by extra topics (e.g. `goal` from a
     geometry_msgs/PointStamped); every other `<name>.<field>` must be a JointState field.
+    `hold_joints`: joints whose measured position the node needs for the safe command of a
+    position-controlled arm (tracked even when the model does not observe their position).
+
+    Several publishers on one JointState topic (an arm broadcaster and a gripper driver, each
+    naming its own joints) are normal: each message updates the joints it carries, every joint is
+    taken as-of from the latest message that carried it, and freshness is per joint (the
+    observation is as old as its oldest joint). A message that is malformed invalidates the
+    joints it names (or every joint, when its names cannot be read) until a good one arrives.
     """
 
-    def __init__(self, observation_names: Sequence[str], extra_prefixes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        observation_names: Sequence[str],
+        extra_prefixes: Iterable[str] = (),
+        hold_joints: Sequence[str] | None = None,
+    ) -> None:
         extras = set(extra_prefixes)
         self.observation_names = list(observation_names)
         self._joint_slots: list[_JointSlot] = []
@@ -84,14 +118,19 @@ class ObservationAssembler:
                 )
         self.joint_names: list[str] = list(dict.fromkeys(slot.joint for slot in self._joint_slots))
         self.extra_prefixes: list[str] = list(dict.fromkeys(slot.prefix for slot in self._extra_slots))
-        self._fields_needed = {slot.field for slot in self._joint_slots}
+        self.hold_joints: list[str] = list(hold_joints or [])
+        # observed joints first, then hold-only joints: rows of the per-joint clocks
+        self._tracked: list[str] = list(dict.fromkeys([*self.joint_names, *self.hold_joints]))
+        self._row = {joint: i for i, joint in enumerate(self._tracked)}
+        self._observed_rows = np.arange(len(self.joint_names), dtype=np.intp)
+        self._fields_needed = sorted({slot.field for slot in self._joint_slots})
         self._vector = np.zeros(len(self.observation_names), dtype=np.float32)
-        # The JointState `name` list of the last message and the indices derived from it: drivers
-        # publish the same list every tick, so the name lookup runs once, not at 500 Hz.
-        self._cached_names: tuple[str, ...] | None = None
-        self._cached_take: dict[str, np.ndarray] = {}
-        self._cached_dest: dict[str, np.ndarray] = {}
-        self._joint_error: str | None = "no /joint_states received yet" if self._joint_slots else None
+        self._hold_positions = np.full(len(self.hold_joints), np.nan)
+        self._received = np.full(len(self._tracked), -np.inf)  # monotonic time of each joint's last value
+        self._stamps = np.full(len(self._tracked), np.nan)  # header stamp (s) of each joint's last value
+        self._layouts: dict[tuple[str, ...], _Layout | str] = {}
+        self._message_error: str | None = None  # a message whose names could not be read
+        self._invalid: dict[str, str] = {}  # joint -> why its latest message was rejected
         self._extra_seen: set[str] = set()
         self._extra_error: str | None = None
 
@@ -101,10 +140,23 @@ class ObservationAssembler:
         return self._vector
 
     @property
+    def hold_positions(self) -> np.ndarray | None:
+        """Latest measured positions of `hold_joints` (float64), or None until every one is known."""
+        if not self.hold_joints or not np.isfinite(self._hold_positions).all():
+            return None
+        return self._hold_positions.copy()
+
+    @property
     def error(self) -> str | None:
         """Why the observation cannot be used right now, or None when every entry is valid."""
-        if self._joint_error is not None:
-            return self._joint_error
+        if self._message_error is not None:
+            return self._message_error
+        for joint in self.joint_names:
+            if joint in self._invalid:
+                return self._invalid[joint]
+        if self.joint_names and not np.isfinite(self._received[self._observed_rows]).all():
+            missing = [j for j in self.joint_names if not np.isfinite(self._received[self._row[j]])]
+            return f"no /joint_states value yet for joint(s) {missing}; check joint_names / the driver's joint names"
         if self._extra_error is not None:
             return self._extra_error
         for prefix in self.extra_prefixes:
@@ -112,27 +164,48 @@ class ObservationAssembler:
                 return f"no message received yet for observation prefix '{prefix}'"
         return None
 
-    def _index_names(self, names: tuple[str, ...]) -> str | None:
-        """Derive (and cache) where each needed joint sits in this JointState's name list."""
+    def oldest_update(self) -> tuple[float, float]:
+        """(monotonic receive time, header stamp in s) of the observed joint updated longest ago:
+        the observation is as old as its oldest joint. (-inf, nan) while any was never received."""
+        if not self.joint_names:
+            return np.inf, np.nan
+        rows = self._observed_rows
+        return float(self._received[rows].min()), float(self._stamps[rows].min())
+
+    def _layout(self, names: tuple[str, ...]) -> _Layout | str:
+        """Where each tracked joint sits in this name list (cached per list), or why it cannot be read."""
+        cached = self._layouts.get(names)
+        if cached is not None:
+            return cached
         position_of: dict[str, int] = {}
+        layout: _Layout | str | None = None
         for i, name in enumerate(names):
             if name in position_of:
-                return f"/joint_states names joint '{name}' twice"
+                layout = f"/joint_states names joint '{name}' twice"
+                break
             position_of[name] = i
-        missing = [joint for joint in self.joint_names if joint not in position_of]
-        if missing:
-            return (
-                f"/joint_states lacks joint(s) {missing} (it names {list(names)[:8]}); "
-                "check joint_names / the driver's joint names"
+        if layout is None:
+            takes = {}
+            for field in self._fields_needed:
+                slots = [s for s in self._joint_slots if s.field == field and s.joint in position_of]
+                takes[field] = (
+                    np.array([position_of[s.joint] for s in slots], dtype=np.intp),
+                    np.array([s.index for s in slots], dtype=np.intp),
+                )
+            present = [j for j in self._tracked if j in position_of]
+            holds = [(k, j) for k, j in enumerate(self.hold_joints) if j in position_of]
+            layout = _Layout(
+                count=len(names),
+                takes=takes,
+                rows=np.array([self._row[j] for j in present], dtype=np.intp),
+                names=tuple(present),
+                hold_take=np.array([position_of[j] for _, j in holds], dtype=np.intp),
+                hold_dest=np.array([k for k, _ in holds], dtype=np.intp),
             )
-        self._cached_take = {}
-        self._cached_dest = {}
-        for field in self._fields_needed:
-            slots = [slot for slot in self._joint_slots if slot.field == field]
-            self._cached_take[field] = np.array([position_of[s.joint] for s in slots], dtype=np.intp)
-            self._cached_dest[field] = np.array([s.index for s in slots], dtype=np.intp)
-        self._cached_names = names
-        return None
+        if len(self._layouts) >= MAX_LAYOUTS:
+            self._layouts.clear()
+        self._layouts[names] = layout
+        return layout
 
     def update_joint_state(
         self,
@@ -140,43 +213,71 @@ class ObservationAssembler:
         position: Sequence[float],
         velocity: Sequence[float],
         effort: Sequence[float],
+        received: float = 0.0,
+        stamp: float = math.nan,
     ) -> str | None:
-        """Take one JointState; return None if it was used, else the one-line reason it was rejected.
+        """Take one JointState; return None if it was used (or carries no joint of ours), else the
+        one-line reason it was rejected. `received`: monotonic receive time; `stamp`: its header stamp (s).
 
-        A rejected message invalidates the observation (the last good values are stale by
-        definition once the driver sends garbage) until a good message arrives.
+        A rejected message invalidates the joints it names (all joints when its names are
+        unreadable): the last good values are stale by definition once the driver sends garbage.
         """
-        error = self._check_and_store(names, {"position": position, "velocity": velocity, "effort": effort})
-        self._joint_error = error
-        return error
-
-    def _check_and_store(self, names: Sequence[str], arrays: dict[str, Sequence[float]]) -> str | None:
-        if not self._joint_slots:
+        if not self._tracked:
             return None
-        count = len(names)
-        if count == 0:
-            return "/joint_states has an empty name list (unnamed joints cannot be mapped); fix the driver"
-        name_tuple = tuple(names)
-        if name_tuple != self._cached_names:
-            error = self._index_names(name_tuple)
-            if error is not None:
-                self._cached_names = None
-                return error
-        values: dict[str, np.ndarray] = {}
-        for field in self._fields_needed:
+        if len(names) == 0:
+            self._message_error = (
+                "/joint_states has an empty name list (unnamed joints cannot be mapped); fix the driver"
+            )
+            return self._message_error
+        layout = self._layout(tuple(names))
+        if isinstance(layout, str):
+            self._message_error = layout
+            return layout
+        if not layout.names:
+            return None  # another publisher's joints (e.g. a gripper the model does not use)
+        error = self._check_and_store(
+            layout, names, {"position": position, "velocity": velocity, "effort": effort}
+        )
+        if error is not None:
+            for joint in layout.names:
+                self._invalid[joint] = error
+            return error
+        self._message_error = None
+        for joint in layout.names:
+            self._invalid.pop(joint, None)
+        self._received[layout.rows] = received
+        self._stamps[layout.rows] = stamp
+        return None
+
+    def _check_and_store(
+        self, layout: _Layout, names: Sequence[str], arrays: dict[str, Sequence[float]]
+    ) -> str | None:
+        count = layout.count
+        staged: list[tuple[np.ndarray, np.ndarray]] = []
+        wanted = [(field, *layout.takes[field]) for field in self._fields_needed]
+        if layout.hold_take.size:
+            wanted.append(("position", layout.hold_take, layout.hold_dest))
+        for field, take, dest in wanted:
+            if not take.size:
+                continue  # this message carries no joint that needs this field (e.g. a gripper's velocity)
             array = np.asarray(arrays[field], dtype=np.float64)
             if array.shape != (count,):
                 return (
                     f"/joint_states.{field} has {array.size} values for {count} names; "
                     "every field the model uses must have one value per name"
                 )
-            picked = array[self._cached_take[field]]
-            if not np.all(np.isfinite(picked)):
-                bad = self._cached_take[field][~np.isfinite(picked)][0]
-                return f"/joint_states.{field} of joint '{names[bad]}' is not finite ({array[bad]})"
-            values[field] = picked
-        for field, picked in values.items():
-            self._vector[self._cached_dest[field]] = picked
+            picked = array[take]
+            usable = np.isfinite(picked) & (np.abs(picked) <= FLOAT32_MAX)
+            if not usable.all():
+                bad = take[~usable][0]
+                why = "is not finite" if not np.isfinite(array[bad]) else "overflows float32"
+                return f"/joint_states.{field} of joint '{names[bad]}' {why} ({array[bad]})"
+            staged.append((dest, picked))
+        hold_stage = staged.pop() if layout.hold_take.size else None
+        for dest, picked in staged:
+            self._vector[dest] = picked
+        if hold_stage is not None:
+            self._hold_positions[hold_stage[0]] = hold_stage[1]
         return None
 
     def update_extra(self, prefix: str, fields: dict[str, float]) -> str | None:
@@ -185,8 +286,8 @@ class ObservationAssembler:
         staged = {}
         for slot in slots:
             value = float(fields[slot.field])
-            if not np.isfinite(value):
-                self._extra_error = f"observation '{prefix}.{slot.field}' is not finite ({value})"
+            if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+                self._extra_error = f"observation '{prefix}.{slot.field}' is not finite in float32 ({value})"
                 return self._extra_error
             staged[slot.index] = value
         for index, value in staged.items():

@@ -7,18 +7,25 @@ the ROS node and the in-process deploy runner.
 Rules:
 - The model is loaded through `PolicyRuntime`, which checks the ONNX file against its card
   (sha256, names, sizes); any problem is a one-line `ModelError`.
-- A model whose card has no *passing* `validation:` block (the MuJoCo gate) is refused unless
-  `allow_unvalidated` is true: an unvalidated policy must never move a robot by accident.
+- A model whose card has no verdict licensing *these exact bytes* is refused unless
+  `allow_unvalidated` is true: the verdict must record the loaded file's sha256, its own
+  thresholds must hold for its metrics (`passed` is re-derived, never trusted), and they must be
+  at least as strict as `min_thresholds` (card.verdict_problems). An unvalidated policy must never
+  move a robot by accident.
 - `joint_names` (the robot's joints), when given, must contain every joint the model observes
   and commands, so a model trained on another robot is refused at configure, not at run time.
 - Limit overrides may only *tighten* the model's action bounds: the card's bounds are what the
   policy was trained and validated for.
-- Slew rates are given per second in the params file (robot units) and converted to the
-  per-tick limit the SafetyFilter applies at the model's control rate.
+- Slew rates are per second (robot units); the SafetyFilter applies rate x measured dt per tick.
+- Every safety parameter is checked at load: slew rates > 0 (.inf = explicitly unlimited),
+  finite watchdog, control rate in [1, 2000] Hz, and so on; a bad value is a one-line ConfigError.
+- The safe action fits the command kind (`safe_action: auto`: hold the measured position for
+  position commands, zero for velocity/effort; the mismatched choices are refused).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from offrl_robot.card import ModelCard
+from offrl_robot.card import DEFAULT_THRESHOLD_FLOOR, ModelCard, parse_threshold_floor
 from offrl_robot.errors import ConfigError, ModelError
 from offrl_robot.mpc import MPCController, load_controller
 from offrl_robot.ros.observation import split_name
 from offrl_robot.runtime import PolicyRuntime
-from offrl_robot.safety import SafetyConfig, SafetyFilter
+from offrl_robot.safety import SafetyConfig, SafetyFilter, command_kind, resolve_safe_action
 
 TICK_SOURCES = ("timer", "joint_states")
 COMMAND_TYPES = ("float64_multi_array", "joint_trajectory")
+HEADER_STAMP_MODES = ("auto", "true", "false")
+CONTROL_RATE_RANGE_HZ = (1.0, 2000.0)
 
 
 @dataclass
@@ -54,18 +63,25 @@ class PolicySetup:
     watchdog_timeout: float
     validation_summary: str
     extra_topics: dict[str, str] = field(default_factory=dict)
+    # joints whose *measured* position is the safe command ("hold" on position commands), else None
+    hold_joints: list[str] | None = None
+    max_inference_s: float = 0.0
+    use_header_stamp: str = "auto"
+    estop_heartbeat_timeout: float = 0.0
 
     @property
     def period(self) -> float:
         return 1.0 / self.control_rate_hz
 
-    def safe_command(self) -> np.ndarray:
+    def safe_command(self, hold_reference: np.ndarray | None = None) -> np.ndarray:
         """One tick with no usable observation: the SafetyFilter moves to the safe action.
 
         Used on deactivate and shutdown, so the last thing on /cmd is never a policy action.
         It goes through the filter (not around it) so the slew limit still holds.
         """
-        return self.safety.step(np.full(len(self.action_names), np.nan), None, float("inf"))
+        return self.safety.step(
+            np.full(len(self.action_names), np.nan), None, float("inf"), hold_reference=hold_reference
+        )
 
 
 def validation_summary(card: ModelCard) -> str:
@@ -79,7 +95,12 @@ def validation_summary(card: ModelCard) -> str:
 def _per_action(values: Sequence[float], count: int, name: str) -> np.ndarray | None:
     if not values:
         return None
-    arr = np.asarray(values, dtype=np.float64)
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"policy parameter {name} must be a list of numbers, got {list(values)!r}"
+        ) from None
     if arr.size == 1:
         arr = np.full(count, float(arr[0]))
     if arr.size != count:
@@ -89,6 +110,38 @@ def _per_action(values: Sequence[float], count: int, name: str) -> np.ndarray | 
     return arr
 
 
+def _number(
+    params: dict[str, Any], name: str, low: float, high: float = math.inf, *, low_open: bool = False
+) -> float:
+    """A finite number parameter in [low, high] (or (low, high] with `low_open`); one-line ConfigError."""
+    value = params.get(name)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"policy parameter {name} must be a number, got {value!r}") from None
+    below = number <= low if low_open else number < low
+    if not math.isfinite(number) or below or number > high:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"policy parameter {name} = {value!r} must be a finite number in {span}")
+    return number
+
+
+def check_slew_rates(values: Any, count: int) -> list[float]:
+    """max_slew_rate: one value or one per action, each > 0 (.inf = explicitly unlimited); required."""
+    rates = _per_action(values or [], count, "max_slew_rate")
+    if rates is None:
+        raise ConfigError(
+            "policy parameter max_slew_rate is not set; give the largest command change per second "
+            "(one value or one per action; .inf disables the limit explicitly)"
+        )
+    if not np.all(rates > 0):  # NaN compares false: refused too
+        raise ConfigError(
+            f"policy parameter max_slew_rate {rates.tolist()} must be > 0 per action (.inf = no limit); "
+            "0, negative and NaN are refused"
+        )
+    return rates.tolist()
+
+
 def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
     """Build a `PolicySetup` from node parameters (see policy_node.PARAMETERS); one-line errors."""
     model_path = Path(str(params["model_path"])).expanduser()
@@ -96,13 +149,38 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
         raise ConfigError(
             "policy parameter model_path is empty; set it in config/policy.yaml or with model:="
         )
+    # Plain parameter checks first: a bad params file is reported before any model is loaded.
+    watchdog = _number(params, "watchdog_timeout", 0.0, low_open=True)
+    requested_rate = _number(params, "control_rate_hz", 0.0, CONTROL_RATE_RANGE_HZ[1])
+    if 0.0 < requested_rate < CONTROL_RATE_RANGE_HZ[0]:
+        raise ConfigError(
+            f"policy parameter control_rate_hz = {requested_rate:g} must be 0 (the model's rate) or in "
+            f"[{CONTROL_RATE_RANGE_HZ[0]:g}, {CONTROL_RATE_RANGE_HZ[1]:g}] Hz"
+        )
+    max_inference = _number(params, "max_inference_s", 0.0)
+    heartbeat = _number(params, "estop_heartbeat_timeout", 0.0)
+    blend = params.get("blend_in_ticks", 0)
+    if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
+        raise ConfigError(f"policy parameter blend_in_ticks must be an integer >= 0, got {blend!r}")
+    header_mode = str(params.get("use_header_stamp", "auto")).lower()  # a YAML bool reads as True/False
+    if header_mode not in HEADER_STAMP_MODES:
+        raise ConfigError(
+            f"policy parameter use_header_stamp {header_mode!r} must be one of {HEADER_STAMP_MODES}"
+        )
+    floor_entries = params.get("min_thresholds") or []
+    floor = (
+        parse_threshold_floor(floor_entries, "policy parameter min_thresholds")
+        if floor_entries
+        else DEFAULT_THRESHOLD_FLOOR
+    )
     card_path = Path(params["card_path"]).expanduser() if params.get("card_path") else None
     # a policy -> PolicyRuntime; a dynamics ensemble (card algorithm: dynamics) -> MPCController
     runtime = load_controller(model_path, card_path=card_path)
     meta = runtime.metadata
     summary = validation_summary(runtime.card)
     try:
-        runtime.card.require_passing_validation(runtime.card_path)
+        # runtime.card.sha256 was checked against the bytes loaded: the verdict must be for them
+        runtime.card.require_passing_validation(runtime.card_path, runtime.card.sha256, floor)
     except ModelError as err:
         if not params["allow_unvalidated"]:
             raise ModelError(
@@ -122,9 +200,12 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
                 f"{model_path}: model uses joints {unknown} that are not in joint_names {robot_joints}; "
                 "wrong model for this robot?"
             )
-    rate = float(params.get("control_rate_hz") or 0.0) or float(meta.control_rate_hz)
-    if rate <= 0:
-        raise ConfigError(f"control rate must be > 0 Hz, got {rate} (model {model_path})")
+    rate = requested_rate or float(meta.control_rate_hz)
+    if not CONTROL_RATE_RANGE_HZ[0] <= rate <= CONTROL_RATE_RANGE_HZ[1]:
+        raise ConfigError(
+            f"control rate {rate:g} Hz (model {model_path}) is outside [{CONTROL_RATE_RANGE_HZ[0]:g}, "
+            f"{CONTROL_RATE_RANGE_HZ[1]:g}] Hz; set control_rate_hz"
+        )
     tick_source = str(params["tick_source"])
     if tick_source not in TICK_SOURCES:
         raise ConfigError(f"policy parameter tick_source {tick_source!r} must be one of {TICK_SOURCES}")
@@ -152,21 +233,22 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
                 "overrides may only tighten them"
             )
         bound[:] = values
-    slew = _per_action(params.get("max_slew_rate") or [], n, "max_slew_rate")
-    per_tick = np.full(n, np.inf) if slew is None else np.where(slew > 0, slew / rate, np.inf)
+    rates = check_slew_rates(params.get("max_slew_rate"), n)
     safe_vector = params.get("safe_action_vector") or []
-    safe_action: str | list[float] = (
-        list(map(float, safe_vector)) if safe_vector else str(params["safe_action"])
+    safe_action = resolve_safe_action(
+        list(map(float, safe_vector)) if safe_vector else str(params["safe_action"]),
+        action_names,
+        "policy parameter safe_action",
     )
-    watchdog = float(params["watchdog_timeout"])
     safety = SafetyFilter(
         SafetyConfig(
             low=low.tolist(),
             high=high.tolist(),
-            max_delta_per_tick=per_tick.tolist(),
+            max_rate=rates,
             safe_action=safe_action,
             max_observation_age_s=watchdog,
-            blend_ticks=int(params["blend_in_ticks"]),
+            control_period_s=1.0 / rate,
+            blend_ticks=blend,
             source="policy parameters",
         )
     )
@@ -184,14 +266,14 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
         watchdog_timeout=watchdog,
         validation_summary=summary,
         extra_topics=extra_topics,
+        hold_joints=list(action_joints) if safe_action == "hold" and action_field == "position" else None,
+        # default: two control periods (a late action is stale by the time it would go out)
+        max_inference_s=max_inference or 2.0 / rate,
+        use_header_stamp=header_mode,
+        estop_heartbeat_timeout=heartbeat,
     )
 
 
 def _action_joints_and_field(action_names: Sequence[str]) -> tuple[list[str], str]:
     """`joint_1.velocity_cmd`... -> (["joint_1", ...], "velocity"); kind "" when not one shared kind."""
-    parts = [split_name(name) for name in action_names]
-    kinds = {
-        next((k for k in ("position", "velocity", "effort") if suffix.startswith(k)), "")
-        for _, suffix in parts
-    }
-    return [joint for joint, _ in parts], kinds.pop() if len(kinds) == 1 else ""
+    return [split_name(name)[0] for name in action_names], command_kind(action_names)

@@ -21,8 +21,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
@@ -121,9 +123,12 @@ class RosProbe:
         position: Sequence[float],
         velocity: Sequence[float] = (),
         effort: Sequence[float] = (),
+        stamp_offset: float = 0.0,
     ) -> None:
+        """`stamp_offset`: seconds added to the header stamp (a driver whose clock is off)."""
         msg = self._js_msg
-        msg.header.stamp = self.node.get_clock().now().to_msg()
+        now = self.node.get_clock().now().nanoseconds + round(stamp_offset * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(max(now, 0), 1_000_000_000)
         msg.name = list(names)
         msg.position, msg.velocity, msg.effort = list(position), list(velocity), list(effort)
         self.joint_pub.publish(msg)
@@ -149,6 +154,15 @@ class RosProbe:
             return future.result() if future.done() else None
         finally:
             self.node.destroy_client(client)
+
+    def set_parameters(self, node: str, values: dict[str, Any], timeout: float = 10.0) -> list[Any] | None:
+        """`ros2 param set` for each value via `/<node>/set_parameters`: the SetParametersResult list."""
+        request = SetParameters.Request()
+        request.parameters = [
+            Parameter(name, value=value).to_parameter_msg() for name, value in values.items()
+        ]
+        response = self.call(SetParameters, f"/{node}/set_parameters", request, timeout)
+        return None if response is None else list(response.results)
 
     def trigger(self, name: str, timeout: float = 10.0) -> Any:
         return self.call(Trigger, name, Trigger.Request(), timeout)

@@ -29,3 +29,11 @@ def init_ros(args: Sequence[str] | None, context: Context | None = None) -> None
     )
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """-h/--help before any --ros-args (after it, arguments belong to ROS): print help, start nothing."""
+    own = list(argv[1:])
+    if "--ros-args" in own:
+        own = own[: own.index("--ros-args")]
+    return "-h" in own or "--help" in own

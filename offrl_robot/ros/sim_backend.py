@@ -9,6 +9,12 @@ design: joint naming, actuator count, ctrl ranges, unlimited joints?).
 Command semantics match ros2_control's forward_command_controller: `/cmd` carries one value per
 actuator in actuator order (for ArmReach: the joint velocity commands in joint order); it is
 clipped to each actuator's ctrlrange where the model declares one.
+
+Without a (fresh) command the actuators get their *hold* control, which depends on what they
+are: a position servo (MuJoCo `position`/affine-bias actuator, what most Menagerie arms use)
+holds the joint where it is — at reset its keyframe/current pose, when commands stop the pose at
+that moment — because a control of zero means "go to q = 0" for it (a Kinova Gen3 reached
+363 rad/s at start-up that way); velocity and motor actuators get 0 (stop, no torque).
 """
 
 from __future__ import annotations
@@ -57,6 +63,19 @@ class SimBackend:
         limited = model.actuator_ctrllimited.astype(bool)
         self.ctrl_low = np.where(limited, model.actuator_ctrlrange[:, 0], -np.inf)
         self.ctrl_high = np.where(limited, model.actuator_ctrlrange[:, 1], np.inf)
+        self.position_actuators = position_servo_mask(model)
+        # qpos address of each position servo's joint (-1: not a joint transmission, e.g. a tendon gripper)
+        self._servo_qpos = np.array(
+            [
+                model.jnt_qposadr[model.actuator_trnid[a, 0]]
+                if self.position_actuators[a] and model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT
+                else -1
+                for a in range(model.nu)
+            ],
+            dtype=np.intp,
+        )
+        self._hold_ctrl = np.zeros(model.nu)
+        self._commanded = False  # the last step had a command (its end freezes the hold pose)
         self.episode_return = 0.0
 
     @property
@@ -75,9 +94,24 @@ class SimBackend:
             self.data.qfrc_actuator[self._dof_adr].copy(),
         )
 
+    def hold_control(self) -> np.ndarray:
+        """The control that keeps the robot where it is: each position servo's joint position (or,
+        for a servo not on a joint, its current control), 0 for velocity and motor actuators."""
+        ctrl = np.where(self.position_actuators, self.data.ctrl, 0.0)
+        on_joint = self._servo_qpos >= 0
+        ctrl[on_joint] = self.data.qpos[self._servo_qpos[on_joint]]
+        return np.clip(ctrl, self.ctrl_low, self.ctrl_high)
+
     def step(self, command: np.ndarray | None) -> StepMetrics:
-        """Hold `command` (None = zero control) for one control period."""
-        ctrl = np.zeros(self.model.nu) if command is None else np.clip(command, self.ctrl_low, self.ctrl_high)
+        """Hold `command` for one control period; None = the hold control (see the module docstring)."""
+        if command is None:
+            if self._commanded:  # commands just stopped: freeze where the arm is now
+                self._hold_ctrl = self.hold_control()
+                self._commanded = False
+            ctrl = self._hold_ctrl
+        else:
+            ctrl = np.clip(command, self.ctrl_low, self.ctrl_high)
+            self._commanded = True
         self.data.ctrl[:] = ctrl
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         return StepMetrics()
@@ -85,8 +119,10 @@ class SimBackend:
     def reset(self, seed: int) -> None:
         mujoco.mj_resetData(self.model, self.data)
         if self.model.nkey > 0:
-            mujoco.mj_resetDataKeyframe(self.model, self.data, 0)
+            mujoco.mj_resetDataKeyframe(self.model, self.data, 0)  # also its ctrl, when it has one
         mujoco.mj_forward(self.model, self.data)
+        self._hold_ctrl = self.hold_control()  # position servos start at the keyframe/current pose
+        self._commanded = False
         self.episode_return = 0.0
 
     def goal(self) -> np.ndarray | None:
@@ -127,6 +163,13 @@ class TaskBackend(SimBackend):
 
     def goal(self) -> np.ndarray | None:
         return self.task.goal_position()
+
+
+def position_servo_mask(model: mujoco.MjModel) -> np.ndarray:
+    """True for actuators whose control is a position setpoint: affine bias with a position term
+    (MuJoCo's `position` shortcut and Menagerie's `general` servos: bias = -kp * q)."""
+    affine = model.actuator_biastype == mujoco.mjtBias.mjBIAS_AFFINE
+    return affine & (model.actuator_biasprm[:, 1] < 0)
 
 
 def make_backend(model: str, control_rate_hz: float, goal: list[float] | None) -> SimBackend:

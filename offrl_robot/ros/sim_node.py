@@ -9,8 +9,9 @@ on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode.
 Time: the node owns simulated time. Each wall-clock tick (period = 1 / (control rate x
 real_time_factor)) advances physics by exactly one control period, so `real_time_factor: 5.0`
 runs five times faster than real time and everything on `/clock` stays consistent. A command
-older than `cmd_timeout` seconds of *simulated* time is dropped and zero control applied (for
-ArmReach zero velocity = hold still), as a real drive would do when its controller goes silent.
+older than `cmd_timeout` seconds of *simulated* time is dropped and the hold control applied (zero
+velocity for ArmReach; a position servo holds its joint where it is: sim_backend.py), as a real
+drive would do when its controller goes silent.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from std_srvs.srv import Trigger
 
 from offrl_robot.errors import OffrlError
-from offrl_robot.ros.process import init_ros
+from offrl_robot.ros.process import init_ros, wants_help
 from offrl_robot.ros.sim_backend import METRIC_NAMES, SimBackend, make_backend
 
 NODE_NAME = "sim_node"
@@ -43,7 +44,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "control_rate_hz": (0.0, "0 = the task's rate (50 Hz for a bare MJCF)"),
     "real_time_factor": (1.0, "simulated seconds per wall second (e.g. 5.0 = 5x faster)"),
     "publish_clock": (True, "publish /clock for nodes running with use_sim_time"),
-    "cmd_timeout": (0.1, "seconds of simulated time after which a /cmd is stale -> zero control"),
+    "cmd_timeout": (0.1, "seconds of simulated time after which a /cmd is stale -> hold control"),
     "seed": (0, "seed of the first episode (episode k uses seed + k)"),
     "goal": (None, "fixed goal [x, y, z] (m) for task models; unset = sampled from the seed"),
     "frame_id": ("base_link", "frame of the published goal"),
@@ -186,9 +187,28 @@ def metrics_from_msg(msg: Float64MultiArray) -> dict[str, float]:
     return dict(zip(labels, msg.data, strict=False))
 
 
+def usage() -> str:
+    """`sim_node --help`: how to run it and every parameter with its default."""
+    lines = [
+        "usage: sim_node --ros-args --params-file config/sim.yaml [-p model:=path/to/scene.xml ...]",
+        "",
+        "MuJoCo physics behind a robot's ROS 2 interface (pub /joint_states, /clock, /goal, ~/metrics;",
+        "sub /cmd; srv ~/reset).",
+        "",
+        "parameters (default):",
+    ]
+    for name, (default, description) in PARAMETERS.items():
+        lines.append(f"  {name} ({'[]' if default is None else repr(default)}): {description}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script: `sim_node --ros-args --params-file config/sim.yaml [-p model:=path/to/scene.xml]`."""
-    init_ros(sys.argv if argv is None else argv)
+    args = sys.argv if argv is None else list(argv)
+    if wants_help(args):
+        print(usage())
+        return 0
+    init_ros(args)
     try:
         node = SimNode()
     except OffrlError as err:

@@ -46,7 +46,14 @@ import yaml
 
 from offrl_robot.card import ModelCard, ValidationRecord, card_path_for, set_validation
 from offrl_robot.errors import ConfigError, ModelError
-from offrl_robot.safety import COUNTER_NAMES, Intervention, SafetyConfig, SafetyFilter
+from offrl_robot.safety import (
+    COUNTER_NAMES,
+    Intervention,
+    SafetyConfig,
+    SafetyFilter,
+    hold_indices,
+    resolve_safe_action,
+)
 from offrl_robot.sim.tasks import TaskInfo, make_env, task_info
 
 # Exit status of `offrl-robot validate` when the gate ran and the policy failed it
@@ -161,12 +168,18 @@ class GateConfig:
         return data
 
     def safety_config(
-        self, action_low: Sequence[float], action_high: Sequence[float], rate_hz: float
+        self,
+        action_low: Sequence[float],
+        action_high: Sequence[float],
+        rate_hz: float,
+        action_names: Sequence[str],
     ) -> SafetyConfig:
         """The SafetyFilter settings for a model: its card's bounds, this config's slew / blend-in.
 
-        Slew rates are per second (as in config/policy.yaml) and become per-tick limits at the
-        model's control rate, exactly as the ROS node converts them; 0 disables a joint's limit.
+        Slew rates are per second (as in config/policy.yaml), applied per tick as rate x dt at
+        the model's control rate, exactly as the ROS node applies them; inf disables a joint's
+        limit. `safe_action: auto` picks the safe action for the command kind (hold for
+        positions, zero for velocities/efforts), as the ROS node does.
         """
         n = len(action_low)
         slew = np.asarray(self.max_slew_rate, dtype=np.float64)
@@ -176,15 +189,16 @@ class GateConfig:
             raise ConfigError(
                 f"{self.source}: safety.max_slew_rate has {slew.size} values but the model has {n} actions"
             )
-        per_tick = np.where(slew > 0, slew / rate_hz, np.inf)
+        source = f"{self.source}: safety"
         return SafetyConfig(
             low=list(action_low),
             high=list(action_high),
-            max_delta_per_tick=per_tick.tolist(),
-            safe_action=self.safe_action,
+            max_rate=slew.tolist(),
+            safe_action=resolve_safe_action(self.safe_action, action_names, source),
             max_observation_age_s=math.inf,  # simulated observations are always fresh
+            control_period_s=1.0 / rate_hz,
             blend_ticks=self.blend_in_ticks,
-            source=f"{self.source}: safety",
+            source=source,
         )
 
 
@@ -226,10 +240,12 @@ def load_gate_config(path: str | Path | None = None) -> GateConfig:
             f"{src}: safety must have exactly the keys {sorted(safety_keys)}, got {sorted(safety)}"
         )
     slew = safety["max_slew_rate"]
-    slew = [slew] if _is_number(slew) else slew
-    if not isinstance(slew, list) or not slew or not all(_is_number(v) and v >= 0 for v in slew):
+    slew = slew if isinstance(slew, list) else [slew]
+    if not slew or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in slew
+    ):  # NaN compares false: refused
         raise ConfigError(
-            f"{src}: safety.max_slew_rate must be a number >= 0 or a list of them, got {slew!r}"
+            f"{src}: safety.max_slew_rate must be a number > 0 (.inf = no limit) or a list of them, got {slew!r}"
         )
     blend = safety["blend_in_ticks"]
     if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
@@ -486,7 +502,9 @@ def run_gate(
         raise ConfigError(f"--episodes {episodes}: must be an integer >= 1")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed {seed}: must be an integer >= 0")
-    safety_config = config.safety_config(action_low, action_high, info.control_rate_hz)
+    safety_config = config.safety_config(action_low, action_high, info.control_rate_hz, info.action_names)
+    # position commands: "hold" holds the measured joint positions, as on the robot
+    hold_at = hold_indices(info.action_names, info.observation_names)
     env = make_env(info.name)
     sim = env.unwrapped
     model, data = sim.model, sim.data
@@ -509,7 +527,8 @@ def run_gate(
             noise_std = randomizer.noise_std if randomizer is not None else None
             obs, _ = env.reset(seed=seed + k)
             warnings_before = _sim_warning_count(data)
-            filt = SafetyFilter(safety_config)
+            measured = None if hold_at is None else np.asarray(obs, dtype=np.float64)[hold_at]
+            filt = SafetyFilter(safety_config, initial_command=measured)  # blend in from where the arm is
             pending = collections.deque([filt.last_command] * conditions.action_delay_ticks)
             keep = k < trace_episodes
             trace_rows: dict[str, list[np.ndarray]] = collections.defaultdict(list)
@@ -527,7 +546,9 @@ def run_gate(
                 if noise_std is not None:
                     seen = seen + rng.normal(0.0, 1.0, size=seen.shape) * noise_std
                 action = np.asarray(policy(seen), dtype=np.float64).reshape(-1)
-                command = filt.step(action, seen, 0.0)
+                command = filt.step(
+                    action, seen, 0.0, hold_reference=None if hold_at is None else seen[hold_at]
+                )
                 flags = filt.last_flags
                 if flags & counted_mask:
                     counted += 1
@@ -729,6 +750,8 @@ def validate_model(
         metrics=result.metrics,
         thresholds=result.thresholds,
         passed=result.passed,
+        # the bytes the gate ran (load_verified hashed them as read): the verdict is for them only
+        model_sha256=runtime.card.sha256,
     )
     if write_card:
         set_validation(card_file, result.record)
