@@ -4,7 +4,8 @@
     ros2 launch offrl_robot sim.launch.py model:=/path/to/mujoco_menagerie/kinova_gen3/scene.xml
     ros2 launch offrl_robot sim.launch.py real_time_factor:=5.0
 
-It publishes /joint_states, /clock, /goal and ~/metrics, and takes /cmd (one value per actuator).
+It publishes /joint_states, /clock, /goal, /episode (a latched marker per episode start) and
+~/metrics, and takes /cmd (one value per actuator).
 """
 
 from launch.actions import DeclareLaunchArgument

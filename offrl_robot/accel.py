@@ -134,7 +134,7 @@ def _refuse_schedules(algo: Algorithm, mode: str) -> None:
     if getattr(algo, "schedulers", None):
         raise ConfigError(
             f"accelerate: {mode} cannot follow the LR schedule of {algo.name}; "
-            "set accelerate: none (or drop the schedule, e.g. actor_lr_schedule_steps)"
+            "set accelerate: none (or drop the schedule: lr_schedule / actor_lr_schedule: none)"
         )
 
 

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "roll out a policy in MuJoCo; write a dataset (and a rosbag2 log)",
     ),
     "ingest": ("offrl_robot.data.rosbag_ingest", "turn rosbag2 logs into a dataset using a YAML spec"),
+    "record": (
+        "offrl_robot.ros.record",
+        "record ROS 2 topics to a rosbag2 bag (raw CDR; no ROS install needed)",
+    ),
     "bag-info": ("offrl_robot.data.bag_info", "open a rosbag2 log and read every message it reports"),
     "dataset-info": ("offrl_robot.data.dataset_info", "summarise a local Minari dataset"),
     "train": ("offrl_robot.train", "train an offline RL algorithm on a dataset"),

@@ -55,8 +55,9 @@ CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 # Observation std below this is treated as this (constant features would otherwise blow up).
 OBS_STD_FLOOR = 1e-3
 # Config keys that may differ between a run and its resumption: they do not change the weights
-# (except `steps` with prioritised replay: β is annealed over the total, so extending a run
-# changes the importance weights from the resume point on).
+# (except `steps` with prioritised replay or an LR schedule: β is annealed and the learning rate
+# decays over the total, so extending a run changes them from the resume point on; resuming
+# with the same `steps` stays bit-identical).
 RESUME_MAY_CHANGE = frozenset(
     {
         "steps",
@@ -234,8 +235,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def build_algo_config(algo_cls: type, params: dict[str, Any], batch_size: int) -> Any:
-    """The algorithm's typed config from `algo_config:`; unknown keys name the valid ones."""
+def build_algo_config(
+    algo_cls: type, params: dict[str, Any], batch_size: int, steps: int | None = None
+) -> Any:
+    """The algorithm's typed config from `algo_config:`; unknown keys name the valid ones.
+
+    With the run's `steps`, learning-rate schedules are made to span the run (`AlgoConfig.follow_steps`):
+    export rebuilds from a checkpoint's resolved config and passes none."""
     config_class = algo_cls.config_class
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(params) - set(fields))
@@ -253,9 +259,12 @@ def build_algo_config(algo_cls: type, params: dict[str, Any], batch_size: int) -
         if isinstance(default, tuple) and isinstance(value, list):
             values[name] = tuple(value)  # YAML has no tuples (hidden_sizes etc.)
     try:
-        return config_class(**values)
+        config = config_class(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"algo_config for {algo_cls.name!r} is invalid: {err}") from err
+    if steps is not None:
+        config.follow_steps(steps)
+    return config
 
 
 def resolve_algo(name: str) -> type:
@@ -376,6 +385,10 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.config = config.validate()
         self.algo_cls = resolve_algo(config.algo)
+        # Before the dataset loads: a bad algo_config (e.g. a schedule shorter than steps) fails at once.
+        self.algo_config = build_algo_config(
+            self.algo_cls, config.algo_config, config.batch_size, config.steps
+        )
         if dataset is None:
             if not config.dataset:
                 raise ConfigError("no dataset: set `dataset:` in the train config or pass --dataset NAME")
@@ -384,7 +397,6 @@ class Trainer:
         self.dataset = dataset.validate(self.dataset_name)
         self.dataset_sha256 = self.dataset.sha256()
         self.device = resolve_device(config.device)
-        self.algo_config = build_algo_config(self.algo_cls, config.algo_config, config.batch_size)
         if config.prioritized and not self.algo_cls.value_based:
             raise ConfigError(
                 f"prioritized replay needs TD errors but {config.algo!r} has no critic; "

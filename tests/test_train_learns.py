@@ -52,8 +52,8 @@ EVAL_SEED = TrainConfig().eval_seed
 # algo -> (updates, hyper-parameters). Learning rates above the D4RL defaults and a cosine
 # decay where the algorithm has one: both shorten the way to precise reaching.
 BUDGETS: dict[str, tuple[int, dict[str, object]]] = {
-    "bc": (10_000, {"hidden_sizes": [64, 64], "learning_rate": 1e-3, "lr_schedule_steps": 10_000}),
-    "iql": (8_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "actor_lr_schedule_steps": 8_000}),
+    "bc": (10_000, {"hidden_sizes": [64, 64], "learning_rate": 1e-3, "lr_schedule": "cosine"}),
+    "iql": (8_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "actor_lr_schedule": "cosine"}),
     "td3bc": (16_000, {"hidden_sizes": [128, 128], "actor_lr": 1e-3, "critic_lr": 1e-3}),
     "cql": (2_000, {"hidden_sizes": [64, 64]}),
     "bcq": (6_000, {"hidden_sizes": [64, 64], "vae_hidden_sizes": [128, 128]}),

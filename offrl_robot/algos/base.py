@@ -22,6 +22,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from offrl_robot.errors import ConfigError
+
+LR_SCHEDULES = ("none", "cosine")
+
 
 @dataclass
 class Batch:
@@ -60,6 +64,52 @@ class AlgoConfig:
     hidden_sizes: tuple[int, ...] = (256, 256)
     discount: float = 0.99
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # Learning-rate schedules of the subclass: switch field ("none" | "cosine") -> horizon field
+    # (updates). A schedule spans the whole run: the Trainer calls `follow_steps(steps)`, which
+    # sets the horizon to the run's `steps`, so `--steps 60000` can never leave 40k updates at lr 0.
+    lr_schedules: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        for switch, horizon_field in self.lr_schedules.items():
+            if getattr(self, switch) not in LR_SCHEDULES:
+                raise ConfigError(
+                    f"algo_config.{switch} {getattr(self, switch)!r}: choose one of {', '.join(LR_SCHEDULES)}"
+                )
+            horizon = getattr(self, horizon_field)
+            if horizon is not None and (
+                isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1
+            ):
+                raise ConfigError(f"algo_config.{horizon_field} {horizon!r}: must be a positive integer")
+
+    def follow_steps(self, steps: int) -> None:
+        """Make every schedule span `steps` updates. An explicit horizon (the older
+        `*_schedule_steps` form) is kept only when it equals `steps`; otherwise it is refused."""
+        for switch, horizon_field in self.lr_schedules.items():
+            horizon = getattr(self, horizon_field)
+            if horizon is not None and horizon != steps:
+                effect = (
+                    f"the decay would end at update {horizon} and the last {steps - horizon} would run at lr 0"
+                    if horizon < steps
+                    else f"the run would end at update {steps}, before the decay does"
+                )
+                raise ConfigError(
+                    f"algo_config.{horizon_field} {horizon} differs from steps {steps} ({effect}); "
+                    f"remove it and set {switch}: cosine, which always decays over the run's steps"
+                )
+            if horizon is not None or getattr(self, switch) == "cosine":
+                setattr(self, switch, "cosine")
+                setattr(self, horizon_field, steps)
+
+    def schedule_horizon(self, switch: str) -> int | None:
+        """Updates the cosine schedule `switch` decays over; None = constant learning rate."""
+        horizon = getattr(self, self.lr_schedules[switch])
+        if horizon is None and getattr(self, switch) == "cosine":
+            raise ConfigError(
+                f"algo_config.{switch}: cosine decays over the run's steps, which only the Trainer "
+                f"knows; train through it (or set {self.lr_schedules[switch]} when building the algorithm directly)"
+            )
+        return horizon
 
 
 class Algorithm(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,14 +21,19 @@ BC_LOSSES = ("mse", "nll")
 class BCConfig(AlgoConfig):
     """loss: "mse" (deterministic tanh policy) or "nll" (Gaussian, maximum likelihood).
     learning_rate 3e-4 and 256x256 nets as CORL's BC baseline on D4RL locomotion.
-    lr_schedule_steps: if set, the learning rate follows a cosine decay to 0 over that many
-    updates (usually = total steps): precise goal reaching needs the final averaging."""
+    lr_schedule: "cosine" decays the learning rate to 0 over the run's `steps` (precise goal
+    reaching needs the final averaging); "none" keeps it constant. lr_schedule_steps: the decay's
+    length, set to `steps` by the Trainer; an explicit value must equal `steps` (older configs)."""
 
     loss: str = "mse"
     learning_rate: float = 3e-4
+    lr_schedule: str = "none"
     lr_schedule_steps: int | None = None
 
+    lr_schedules: ClassVar[dict[str, str]] = {"lr_schedule": "lr_schedule_steps"}
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in BC_LOSSES:
             raise ConfigError(f"algo_config.loss {self.loss!r}: bc supports 'mse' or 'nll'")
 
@@ -68,9 +74,10 @@ class BC(EnsembleAlgorithm):
         self.optimizers["actor"] = make_adam(
             [{"params": self.actor.parameters(), "lr": config.learning_rate}]
         )
-        if config.lr_schedule_steps:
+        horizon = config.schedule_horizon("lr_schedule")
+        if horizon:
             self.schedulers["actor"] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers["actor"], cosine_decay(config.lr_schedule_steps)
+                self.optimizers["actor"], cosine_decay(horizon)
             )
 
     def update(self, batch: Batch) -> UpdateOutput:

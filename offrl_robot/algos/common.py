@@ -105,6 +105,16 @@ class EnsembleAlgorithm(Algorithm):
             opt.load_state_dict(state["optimizers"][name])
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                # The schedule spans this run's steps, which `--resume --steps N` may have changed:
+                # the next update already follows it. Same steps -> the saved value, bit for bit.
+                lrs = [
+                    base * factor(sched.last_epoch)
+                    for factor, base in zip(sched.lr_lambdas, sched.base_lrs, strict=True)
+                ]
+                for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+                    group["lr"] = lr
+                sched._last_lr = list(lrs)
         self.num_updates = int(state["num_updates"])
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +26,10 @@ from offrl_robot.nets import (
 @dataclass
 class IQLConfig(AlgoConfig):
     """CORL / paper D4RL-locomotion defaults: expectile 0.7, inverse temperature 3.0, lrs 3e-4,
-    tau 5e-3, advantage weights clipped at 100, Gaussian policy. actor_lr_schedule_steps: if set,
-    the actor lr follows CORL's cosine decay to 0 over that many updates (usually = total steps).
+    tau 5e-3, advantage weights clipped at 100, Gaussian policy. actor_lr_schedule: "cosine"
+    decays the actor lr to 0 over the run's `steps` (CORL's schedule), "none" keeps it constant;
+    actor_lr_schedule_steps: its length, set to `steps` by the Trainer (an explicit value must
+    equal `steps`).
     normalize_reward: scale rewards by 1000 / (max - min episode return of the dataset), as the
     IQL paper and CORL do on locomotion data: beta = 3 was tuned for returns in that range, and
     on raw returns of another scale the advantage weights exp(beta * A) are too flat or too sharp.
@@ -41,10 +44,14 @@ class IQLConfig(AlgoConfig):
     max_advantage_weight: float = 100.0
     tau: float = 5e-3
     deterministic_policy: bool = False
+    actor_lr_schedule: str = "none"
     actor_lr_schedule_steps: int | None = None
     normalize_reward: bool = False
 
+    lr_schedules: ClassVar[dict[str, str]] = {"actor_lr_schedule": "actor_lr_schedule_steps"}
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 < self.expectile < 1.0:
             raise ConfigError(f"algo_config.expectile {self.expectile}: must lie strictly between 0 and 1")
 
@@ -106,10 +113,11 @@ class IQL(EnsembleAlgorithm):
                 {"params": self.value.parameters(), "lr": config.value_lr},
             ]
         )
-        if config.actor_lr_schedule_steps:
+        horizon = config.schedule_horizon("actor_lr_schedule")
+        if horizon:
             self.schedulers["all"] = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizers["all"],
-                [cosine_decay(config.actor_lr_schedule_steps), lambda _: 1.0, lambda _: 1.0],
+                [cosine_decay(horizon), lambda _: 1.0, lambda _: 1.0],
             )
 
     def prepare(self, dataset: Dataset) -> None:

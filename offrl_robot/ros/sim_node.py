@@ -4,7 +4,10 @@ Publishes `/joint_states` (sensor_msgs/JointState, every named 1-DoF joint) at t
 and `/clock` (so other nodes can run with `use_sim_time`), subscribes `/cmd`
 (std_msgs/Float64MultiArray, one value per actuator, as ros2_control's forward_command_controller
 takes), and publishes the goal on `/goal` (geometry_msgs/PointStamped, latched) and task metrics
-on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode.
+on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode; each episode start is marked
+on `/episode` (std_msgs/Int32, the episode index, latched): the marker `collect --bag` writes and
+`config/ingest/arm_reach.yaml` splits on, so `offrl-robot record` of the sim ingests like a
+collected log (and `record --episodes N` counts these markers).
 
 Time: the node owns simulated time. Each wall-clock tick (period = 1 / (control rate x
 real_time_factor)) advances physics by exactly one control period, so `real_time_factor: 5.0`
@@ -30,7 +33,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Float64MultiArray, Int32, MultiArrayDimension
 from std_srvs.srv import Trigger
 
 from offrl_robot.errors import OffrlError
@@ -92,6 +95,7 @@ class SimNode(Node):
             depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
         )
         self._goal_pub = self.create_publisher(PointStamped, "/goal", latched)
+        self._episode_pub = self.create_publisher(Int32, "/episode", latched)
         self._metrics_pub = self.create_publisher(Float64MultiArray, "~/metrics", 10)
         self.create_subscription(Float64MultiArray, "/cmd", self._on_cmd, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
@@ -120,6 +124,8 @@ class SimNode(Node):
         self.backend.reset(self._seed + self._episode)
         self._clock_base -= self.backend.sim_time
         self._command = None
+        # The marker first: a recorder counting episodes sees it before the new episode's data.
+        self._episode_pub.publish(Int32(data=self._episode))
         self._publish_state()
         goal = self.backend.goal()
         if goal is not None:

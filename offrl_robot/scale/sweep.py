@@ -303,7 +303,7 @@ def check_trials(trials: list[Trial]) -> None:
 
     for trial in trials:
         config = TrainConfig.from_dict(trial.train, source=f"sweep trial {trial.name}")
-        build_algo_config(resolve_algo(config.algo), config.algo_config, config.batch_size)
+        build_algo_config(resolve_algo(config.algo), config.algo_config, config.batch_size, config.steps)
 
 
 # ---------------------------------------------------------------------------------- trial body
