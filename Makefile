@@ -15,7 +15,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-long lint install apt-deps clean bench-deps
+.PHONY: demo test test-long lint install install-ros apt-deps clean bench-deps
 
 $(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt requirements-scale.txt setup.py
 	@$(MAKE) --no-print-directory apt-deps
@@ -26,6 +26,12 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt requirement
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The ament layout `ros2 launch offrl_robot ...` needs (share/offrl_robot, the ament index marker,
+# lib/offrl_robot/NAME), added to the venv's editable install as links into this checkout.
+# Then: AMENT_PREFIX_PATH=$(abspath $(VENV)) ros2 launch offrl_robot policy.launch.py use_sim:=true
+install-ros: $(STAMP)
+	$(PY) -m offrl_robot.ament_layout --prefix $(VENV)
 
 # System libraries for offscreen MuJoCo rendering; installed only when missing (needs root + apt).
 apt-deps:

@@ -24,8 +24,12 @@ from typing import Any
 
 from offrl_robot import cli
 from offrl_robot.errors import OffrlError
+from offrl_robot.paths import share_path
 
-CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+def _config(*parts: str) -> Path:
+    """The package's own config file (source tree or installed share/offrl_robot/config)."""
+    return share_path("config", *parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     parser.add_argument(
-        "--gate-config", default=str(CONFIG / "validate.yaml"), help="validation gate thresholds"
+        "--gate-config", default=None, help="validation gate thresholds (default: config/validate.yaml)"
     )
     parser.add_argument("--gate-episodes", type=int, default=20)
     parser.add_argument("--node-seconds", type=float, default=10.0, help="closed loop over DDS (0 = skip)")
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             "ingest",
             str(bag),
             "--spec",
-            str(CONFIG / "ingest" / "arm_reach.yaml"),
+            str(_config("ingest", "arm_reach.yaml")),
             "--out",
             ingested,
             "--overwrite",
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         [
             "train",
             "--config",
-            str(CONFIG / "train" / "arm_reach_bc.yaml"),
+            str(_config("train", "arm_reach_bc.yaml")),
             "--dataset",
             ingested,
             "--steps",
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             "--seed",
             seed,
             "--config",
-            args.gate_config,
+            args.gate_config or str(_config("validate.yaml")),
             "--reports",
             str(reports),
         ],
@@ -162,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         nodes = run_closed_loop(
             model,
-            CONFIG / "policy.yaml",
-            CONFIG / "sim.yaml",
+            _config("policy.yaml"),
+            _config("sim.yaml"),
             seconds=args.node_seconds,
             domain_id=args.domain_id,
             log_dir=out / "logs",

@@ -8,6 +8,8 @@
   ROS_DOMAIN_ID per test, AMENT_PREFIX_PATH pointing at the venv.
 - `run_child`: start a child process with a hard SIGKILL timeout (a hung rclpy process can
   ignore SIGTERM).
+- `ros2_launch_tools`: the real ROS 2 launch tools in ../shared/ros2_launch (launch, launch_ros,
+  ros2cli; not on PyPI), or $OFFRL_ROS2_LAUNCH; tests skip with a clear reason when absent.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+ROS2_LAUNCH_TOOLS = Path(os.environ.get("OFFRL_ROS2_LAUNCH") or REPO.parent / "shared" / "ros2_launch")
 
 # DDS must stay on loopback for everything started from the test process too.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -42,6 +45,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real fixtures not found at {SHARED_DATA} (CI lays ../shared beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ros2_launch_tools() -> Path:
+    """Root of the real launch tools (see its README for PYTHONPATH, PATH, LD_LIBRARY_PATH)."""
+    if not (ROS2_LAUNCH_TOOLS / "bin" / "ros2").is_file():
+        pytest.skip(
+            f"real ROS 2 launch tools not found at {ROS2_LAUNCH_TOOLS} (CI lays ../shared beside the "
+            "checkout; or set OFFRL_ROS2_LAUNCH)"
+        )
+    return ROS2_LAUNCH_TOOLS
 
 
 @pytest.fixture(autouse=True)

@@ -1,11 +1,17 @@
 """The launch files are real ROS 2 launch files, and everything they reference exists.
 
-`launch`/`launch_ros` are not installable from PyPI here, so the build test skips without them;
-the reference test always runs: it parses the launch files (ast) and checks every executable
-(a console_scripts entry point of setup.py), parameter file (exists and is installed to
-share/offrl_robot), launch argument (declared before use, also across includes) and parameter
-name (declared by the node) against the repository, so a rename cannot silently break
-`ros2 launch offrl_robot ...` for users with a ROS install.
+`launch`/`launch_ros` are not installable from PyPI here, so the build test skips without them
+(tests/test_ros_install.py runs the real `ros2 launch` from ../shared/ros2_launch); the reference
+test always runs: it parses the launch files (ast) and checks every executable (a console_scripts
+entry point of setup.py), parameter file (exists and is installed to share/offrl_robot), launch
+argument (declared before use, also across includes) and parameter name (declared by the node)
+against the repository, so a rename cannot silently break `ros2 launch offrl_robot ...` for users
+with a ROS install.
+
+Argument leaks: IncludeLaunchDescription does not scope launch arguments, so an argument the
+including file declares reaches the included file under the same name. Every name the two files
+both declare must therefore be passed explicitly in `launch_arguments` (policy.launch.py's `model`,
+the .onnx, once reached sim_node as its MJCF).
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ def parse_launch_file(path: Path) -> LaunchRefs:
             refs.used.add(first)
         elif name == "PathJoinSubstitution":
             refs.share_paths.append(_share_path(node))
-        elif name == "Node":
+        elif name in ("Node", "LifecycleNode"):
             kw = {k.arg: k.value for k in node.keywords}
             info: dict[str, object] = {
                 key: kw[key].value
@@ -136,6 +142,11 @@ def _declared_parameters(executable: str) -> set[str]:
     return set(module.PARAMETERS) | BUILTIN_PARAMETERS
 
 
+def leaked_arguments(includer: LaunchRefs, included: LaunchRefs, passed: list[str]) -> set[str]:
+    """Names both files declare that the include does not pass explicitly."""
+    return (set(includer.declared) & set(included.declared)) - set(passed)
+
+
 @pytest.mark.parametrize("launch_file", LAUNCH_FILES)
 def test_launch_file_references_exist(launch_file: str, setup_info: dict[str, object]) -> None:
     refs = parse_launch_file(REPO / "launch" / launch_file)
@@ -167,13 +178,38 @@ def test_launch_file_references_exist(launch_file: str, setup_info: dict[str, ob
             assert (REPO / rel).is_file(), f"{launch_file} references {rel}, which does not exist"
             assert rel in installed, f"{rel} is not installed by setup.py"
 
-    # Included launch files: exist, and every argument passed is declared there.
+    # Included launch files: exist, every argument passed is declared there, and nothing leaks.
     for target, args in refs.includes:
         assert (REPO / target).is_file(), target
         included = parse_launch_file(REPO / target)
         assert set(args) <= set(included.declared), (
             f"{target} does not declare {set(args) - set(included.declared)}"
         )
+        leaks = leaked_arguments(refs, included, args)
+        assert not leaks, (
+            f"{launch_file} declares {sorted(leaks)}, which {target} also declares but is not passed "
+            "in launch_arguments: the includer's value leaks into the included file"
+        )
+
+
+def test_leak_check_catches_a_shared_argument(tmp_path: Path) -> None:
+    """The leak check itself can fail: today's sim.launch.py included without passing `model`."""
+    parent = tmp_path / "parent.launch.py"
+    parent.write_text(
+        "def generate_launch_description():\n"
+        "    return LaunchDescription([\n"
+        "        DeclareLaunchArgument('model', default_value='policy.onnx'),\n"
+        "        DeclareLaunchArgument('sim_params_file', default_value='sim.yaml'),\n"
+        "        IncludeLaunchDescription(\n"
+        "            PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch', 'sim.launch.py'])),\n"
+        "            launch_arguments={'params_file': LaunchConfiguration('sim_params_file')}.items()),\n"
+        "    ])\n"
+    )
+    refs = parse_launch_file(parent)
+    [(target, passed)] = refs.includes
+    assert target == "launch/sim.launch.py" and passed == ["params_file"]
+    included = parse_launch_file(REPO / target)
+    assert leaked_arguments(refs, included, passed) == {"model"}
 
 
 @pytest.mark.parametrize(
@@ -203,8 +239,13 @@ def test_checker_catches_an_undeclared_argument(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("launch_file", LAUNCH_FILES)
-def test_launch_description_builds(launch_file: str) -> None:
-    """With a ROS install (launch + launch_ros importable) the files build a LaunchDescription."""
+def test_launch_description_builds(
+    launch_file: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a ROS install, or ../shared/ros2_launch, the files build a LaunchDescription."""
+    if importlib.util.find_spec("launch_ros") is None:
+        tools = request.getfixturevalue("ros2_launch_tools")  # skips when absent
+        monkeypatch.syspath_prepend(str(tools / "site-packages"))
     # launch_ros imports the real `launch`; a bare `import launch` could find this repo's launch/ folder.
     pytest.importorskip("launch_ros", reason="ROS 2 launch/launch_ros are not installed (not on PyPI)")
     from launch.actions import DeclareLaunchArgument

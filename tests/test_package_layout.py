@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -26,23 +27,31 @@ def test_ament_resource_marker_and_setup_cfg() -> None:
     assert "script_dir=$base/lib/offrl_robot" in cfg and "install_scripts=$base/lib/offrl_robot" in cfg
 
 
-def test_setup_installs_share_folders_and_entry_points() -> None:
-    out = subprocess.run(
+def _setup_kwargs(setup_py: Path, cwd: Path, *argv: str) -> dict:
+    """setup()'s data_files and entry points, as `python setup.py ARGV` in `cwd` would pass them."""
+    proc = subprocess.run(
         [
             sys.executable,
             "-c",
             "import runpy, setuptools, json, sys\n"
             "captured = {}\n"
             "setuptools.setup = lambda **kw: captured.update(kw)\n"
-            "runpy.run_path('setup.py')\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0])\n"
             "print(json.dumps({'data_files': captured['data_files'], 'entry_points': captured['entry_points']}))",
+            str(setup_py),
+            *argv,
         ],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    info = json.loads(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_setup_installs_share_folders_and_entry_points() -> None:
+    info = _setup_kwargs(REPO / "setup.py", REPO)
     targets = {target for target, _ in info["data_files"]}
     for folder in ("launch", "config", "models", "sim"):
         assert any(
@@ -52,6 +61,25 @@ def test_setup_installs_share_folders_and_entry_points() -> None:
     assert "share/ament_index/resource_index/packages" in targets
     scripts = {s.split("=")[0].strip() for s in info["entry_points"]["console_scripts"]}
     assert {"offrl-robot", "policy_node", "sim_node"} <= scripts
+    # colcon (`setup.py develop|install`): setup.cfg puts the real scripts in lib/offrl_robot,
+    # so nothing else may be installed there; a wheel adds its launchers of PREFIX/bin/NAME.
+    assert not any(t.startswith("lib/") for t in targets)
+    wheel = _setup_kwargs(REPO / "setup.py", REPO, "bdist_wheel")
+    launchers = [
+        src for target, sources in wheel["data_files"] if target == "lib/offrl_robot" for src in sources
+    ]
+    assert sorted(Path(src).name for src in launchers) == sorted(scripts)
+    for src in launchers:
+        assert os.access(REPO / src, os.X_OK), f"{src} must be executable (a wheel keeps the mode)"
+
+
+def test_setup_runs_through_a_symlink_in_another_folder(tmp_path: Path) -> None:
+    """colcon --symlink-install runs setup.py as build/offrl_robot/setup.py, a symlink, from that
+    folder, where only declared files are linked: setup.py must find its files from its real path."""
+    (tmp_path / "setup.py").symlink_to(REPO / "setup.py")
+    info = _setup_kwargs(tmp_path / "setup.py", tmp_path)
+    assert info == _setup_kwargs(REPO / "setup.py", REPO)
+    assert any(t == "share/offrl_robot/launch" for t, _ in info["data_files"])
 
 
 def test_colcon_workspace_points_at_package() -> None:

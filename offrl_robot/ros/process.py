@@ -4,6 +4,11 @@ rclpy's default signal handlers shut the context down the moment SIGINT arrives,
 nothing can be published, so a policy node killed with Ctrl-C (or SIGTERM from `ros2 launch`)
 could not leave the safe action on /cmd. Here SIGINT and SIGTERM become KeyboardInterrupt in the
 main thread instead; the caller publishes what it must, then shuts rclpy down itself.
+
+Only the first signal interrupts: Ctrl-C in a terminal reaches every process of the foreground
+group, and `ros2 launch` then forwards its own SIGINT to each node, so a node sees two. The second
+used to land inside rclpy's shutdown as a KeyboardInterrupt traceback (exit -2) under the real
+launch tools; it is ignored now (a node that hangs anyway gets launch's SIGKILL).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from rclpy.signals import SignalHandlerOptions
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

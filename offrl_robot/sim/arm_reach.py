@@ -15,7 +15,6 @@ the end effector is within 2 cm of the goal at its last tick.
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +23,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
-from offrl_robot.errors import ConfigError
+from offrl_robot.paths import share_path
 from offrl_robot.sim.rewards import arm_reach_reward_from_distance
 
 JOINT_NAMES: tuple[str, ...] = tuple(f"joint_{i}" for i in range(1, 7))
@@ -56,16 +55,7 @@ GOAL_SHOULDER_DISTANCE_RANGE = (0.2, 0.6)
 
 def default_model_path() -> Path:
     """The scene MJCF: in the source tree (`sim/arm6`) or installed (`share/offrl_robot/sim/arm6`)."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "sim" / "arm6" / "scene.xml",
-        Path(sys.prefix) / "share" / "offrl_robot" / "sim" / "arm6" / "scene.xml",
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"arm6 MJCF not found (looked in {', '.join(map(str, candidates))}); reinstall offrl_robot"
-    )
+    return share_path("sim", "arm6", "scene.xml")
 
 
 def _quat_to_mat(quat: np.ndarray) -> np.ndarray:

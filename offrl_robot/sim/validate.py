@@ -100,16 +100,9 @@ METRIC_NAMES: tuple[str, ...] = (
 # ---------------------------------------------------------------------------------- config
 def default_config_path() -> Path:
     """config/validate.yaml in the source tree, or installed under share/offrl_robot/config."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "config" / "validate.yaml",
-        Path(sys.prefix) / "share" / "offrl_robot" / "config" / "validate.yaml",
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"validation config not found (looked in {', '.join(map(str, candidates))}); pass --config FILE"
-    )
+    from offrl_robot.paths import share_path
+
+    return share_path("config", "validate.yaml", hint="pass --config FILE")
 
 
 @dataclass
