@@ -343,3 +343,48 @@ def test_gate_config_slew_is_per_second_at_the_model_rate() -> None:
     assert safety.safe_action == "zero"  # auto, velocity commands
     position = GateConfig.safety_config(config, [-1.0, -1.0], [1.0, 1.0], 50.0, ["a.position", "b.position"])
     assert position.safe_action == "hold"  # auto, position commands: hold where the arm is
+
+
+def test_swapping_the_model_during_the_gate_never_yields_a_passing_card_for_the_swap(
+    model_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attacker replaces the validated model AND its card while the gate runs. The gate judged
+    the bytes it loaded; it must not stamp its verdict onto the replacement, and the replacement
+    must not run on a robot."""
+    from offrl_robot.ros.policy_setup import load_policy_setup
+    from offrl_robot.sim import validate as validate_module
+
+    evil = random_policy(tmp_path / "evil")
+    card_file = model_copy.with_name(model_copy.stem + ".card.yaml")
+    real_gate = validate_module.run_gate
+
+    def gate_then_swap(*args: object, **kwargs: object) -> object:
+        result = real_gate(*args, **kwargs)  # the good model passes...
+        model_copy.write_bytes(evil.read_bytes())  # ...and the files are replaced before the verdict lands
+        card_file.write_bytes(evil.with_name("random_arm.card.yaml").read_bytes())
+        return result
+
+    monkeypatch.setattr(validate_module, "run_gate", gate_then_swap)
+    config = load_gate_config(score_gate_config(tmp_path))
+    with pytest.raises(ModelError, match="model changed during validation, nothing was written"):
+        validate_model(model_copy, TASK, episodes=2, seed=0, config=config)
+    assert ModelCard.read(card_file).validation is None  # no verdict on the replacement
+    params = {
+        "model_path": str(model_copy),
+        "card_path": "",
+        "allow_unvalidated": False,
+        "joint_names": [],
+        "extra_topics": {},
+        "control_rate_hz": 0.0,
+        "tick_source": "timer",
+        "watchdog_timeout": 0.2,
+        "safe_action": "auto",
+        "safe_action_vector": [],
+        "action_low": [],
+        "action_high": [],
+        "max_slew_rate": [15.0],
+        "blend_in_ticks": 10,
+        "command_type": "float64_multi_array",
+    }
+    with pytest.raises(ModelError, match="no validation block"):
+        load_policy_setup(params)

@@ -44,6 +44,12 @@ TICK_SOURCES = ("timer", "joint_states")
 COMMAND_TYPES = ("float64_multi_array", "joint_trajectory")
 HEADER_STAMP_MODES = ("auto", "true", "false")
 CONTROL_RATE_RANGE_HZ = (1.0, 2000.0)
+# Parameters a caller of `load_policy_setup` may leave out (the node always passes every one).
+OPTIONAL_DEFAULTS: dict[str, float] = {
+    "control_rate_hz": 0.0,
+    "max_inference_s": 0.0,
+    "estop_heartbeat_timeout": 0.0,
+}
 
 
 @dataclass
@@ -114,7 +120,7 @@ def _number(
     params: dict[str, Any], name: str, low: float, high: float = math.inf, *, low_open: bool = False
 ) -> float:
     """A finite number parameter in [low, high] (or (low, high] with `low_open`); one-line ConfigError."""
-    value = params.get(name)
+    value = params.get(name, OPTIONAL_DEFAULTS.get(name))
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
