@@ -37,6 +37,7 @@ from test_ros_nodes import (
     goal_for,
     write_p_controller,
 )
+from test_ros_policy_setup import FULL_VERDICT as VERDICT
 
 from offrl_robot import card as card_module
 from offrl_robot.ros.linear_policy import write_linear_policy
@@ -46,18 +47,6 @@ from offrl_robot.sim.arm_reach import OBSERVATION_NAMES
 pytestmark = pytest.mark.ros
 
 BIN = Path(sys.executable).parent
-VERDICT = {
-    "passed": True,
-    "task": "ArmReach-v0",
-    "episodes": 20,
-    "metrics": {"success_rate": 1.0, "nan_events": 0.0, "intervention_rate": 0.0},
-    "thresholds": {
-        "success_rate": {"min": 0.9},
-        "nan_events": {"max": 0.0},
-        "intervention_rate": {"max": 0.01},
-    },
-    "date": "2026-12-04T00:00:00Z",
-}
 
 
 @pytest.fixture

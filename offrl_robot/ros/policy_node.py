@@ -101,6 +101,7 @@ from offrl_robot.ros.diagnostics import (
 from offrl_robot.ros.observation import ObservationAssembler, parse_extra_topics
 from offrl_robot.ros.policy_setup import PolicySetup, load_policy_setup
 from offrl_robot.ros.process import init_ros, wants_help
+from offrl_robot.ros.process import usage as process_usage
 from offrl_robot.safety import Intervention
 
 NODE_NAME = "policy_node"
@@ -893,7 +894,11 @@ class PolicyNode(LifecycleNode):
                     level, message = (
                         LEVEL_ERROR,
                         f"watchdog tripped: no valid /joint_states for {obs_age:.3g} s: "
-                        + ("sending nothing until the arm's position is measured" if waiting else "safe action"),
+                        + (
+                            "sending nothing until the arm's position is measured"
+                            if waiting
+                            else "safe action"
+                        ),
                     )
                 elif obs_error is not None:
                     level, message = LEVEL_ERROR, f"observation invalid: {obs_error}: safe action"
@@ -948,19 +953,13 @@ class PolicyNode(LifecycleNode):
 
 
 def usage() -> str:
-    """`policy_node --help`: how to run it and every parameter with its default."""
-    lines = [
-        "usage: policy_node --ros-args --params-file config/policy.yaml [-p NAME:=VALUE ...]",
-        "",
-        "Runs an exported ONNX policy behind the SafetyFilter as a ROS 2 lifecycle node",
+    """`policy_node --help`."""
+    return process_usage(
+        "policy_node --ros-args --params-file config/policy.yaml [-p NAME:=VALUE ...]",
+        "Runs an exported ONNX policy behind the SafetyFilter as a ROS 2 lifecycle node\n"
         "(sub /joint_states, /estop; pub /cmd, /diagnostics; srv ~/reset_estop).",
-        "",
-        "parameters (default):",
-    ]
-    for name, (default, description) in PARAMETERS.items():
-        shown = "[]" if default is None else repr(default)
-        lines.append(f"  {name} ({shown}): {description}")
-    return "\n".join(lines)
+        PARAMETERS,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

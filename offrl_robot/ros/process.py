@@ -14,7 +14,8 @@ launch tools; it is ignored now (a node that hangs anyway gets launch's SIGKILL)
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import rclpy
 from rclpy.context import Context
@@ -44,3 +45,11 @@ def wants_help(argv: Sequence[str]) -> bool:
     if "--ros-args" in own:
         own = own[: own.index("--ros-args")]
     return "-h" in own or "--help" in own
+
+
+def usage(synopsis: str, summary: str, parameters: Mapping[str, tuple[Any, str]]) -> str:
+    """A node's `--help`: how to run it and every parameter with its default ([] for a list)."""
+    lines = [f"usage: {synopsis}", "", summary, "", "parameters (default):"]
+    for name, (default, description) in parameters.items():
+        lines.append(f"  {name} ({'[]' if default is None else repr(default)}): {description}")
+    return "\n".join(lines)

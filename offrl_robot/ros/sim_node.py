@@ -38,6 +38,7 @@ from std_srvs.srv import Trigger
 
 from offrl_robot.errors import OffrlError
 from offrl_robot.ros.process import init_ros, wants_help
+from offrl_robot.ros.process import usage as process_usage
 from offrl_robot.ros.sim_backend import METRIC_NAMES, SimBackend, make_backend
 
 NODE_NAME = "sim_node"
@@ -194,18 +195,13 @@ def metrics_from_msg(msg: Float64MultiArray) -> dict[str, float]:
 
 
 def usage() -> str:
-    """`sim_node --help`: how to run it and every parameter with its default."""
-    lines = [
-        "usage: sim_node --ros-args --params-file config/sim.yaml [-p model:=path/to/scene.xml ...]",
-        "",
-        "MuJoCo physics behind a robot's ROS 2 interface (pub /joint_states, /clock, /goal, ~/metrics;",
+    """`sim_node --help`."""
+    return process_usage(
+        "sim_node --ros-args --params-file config/sim.yaml [-p model:=path/to/scene.xml ...]",
+        "MuJoCo physics behind a robot's ROS 2 interface (pub /joint_states, /clock, /goal, ~/metrics;\n"
         "sub /cmd; srv ~/reset).",
-        "",
-        "parameters (default):",
-    ]
-    for name, (default, description) in PARAMETERS.items():
-        lines.append(f"  {name} ({'[]' if default is None else repr(default)}): {description}")
-    return "\n".join(lines)
+        PARAMETERS,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
