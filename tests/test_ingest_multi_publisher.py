@@ -192,8 +192,10 @@ def test_field_the_publisher_never_sends(tmp_path: Path) -> None:
         ingest([tmp_path / "bag"], fr3_spec(finger_velocity))
 
 
-def test_joint_in_no_message_lists_every_name_set(tmp_path: Path) -> None:
-    write_fr3_bag(tmp_path / "bag", episodes=1, seconds=0.2, seed=1)
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_joint_in_no_message_lists_every_name_set(tmp_path: Path, shuffle: bool) -> None:
+    """The error lists both publishers' names (shuffled orders of one set count once)."""
+    write_fr3_bag(tmp_path / "bag", episodes=1, seconds=0.2, seed=1, shuffle=shuffle)
 
     def typo(d):
         d["observations"][0]["joint_groups"][0]["joints"][6] = "fr3_joint8"

@@ -289,3 +289,41 @@ def test_turtlebot_header_time_is_another_clock(shared_data: Path) -> None:
     text = str(err.value)
     assert "time_source: header mixes two clocks: ticks come from /cmd_vel, which has no header" in text
     assert "set alignment.time_source: receive" in text
+
+
+def test_times_only_reference_ticks_on_its_header_stamps(shared_data: Path) -> None:
+    """A reference topic read for its times only (/servo/in/state, 9 JointStates) ticks on its
+    header stamps in header mode (read from the CDR without decoding), on receive time otherwise."""
+    path = shared_data / "real_bags" / ATS
+    refs = _rosbags_messages(path, "/servo/in/state")
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in refs]
+    assert all(t != s for (t, _), s in zip(refs, stamps, strict=True))  # the two clocks differ here
+    from offrl_robot.data.bag_reader import TypeResolver
+    from offrl_robot.data.rosbag_ingest import SyncReport, _decode_topics
+
+    for use_header, want in ((True, stamps), (False, [t for t, _ in refs])):
+        data, _ = _decode_topics(
+            Bag(path), {"/servo/in/state": None}, use_header, TypeResolver(), SyncReport()
+        )
+        assert data["/servo/in/state"].times.tolist() == want
+        assert data["/servo/in/state"].clock == ("header" if use_header else "receive")
+    setpoints = _rosbags_messages(path, "/controller/out/servo_positions")
+    states = _rosbags_messages(path, "/servo/out/state")
+
+    def clock(t: int, m, time_source: str) -> int:
+        return m.header.stamp.sec * 10**9 + m.header.stamp.nanosec if time_source == "header" else t
+
+    for time_source, ticks in (("header", stamps), ("receive", [t for t, _ in refs])):
+        spec = _ats_spec(
+            alignment__reference="/servo/in/state",
+            alignment__time_source=time_source,
+            action__max_age_s=float("inf"),  # a setpoint holds until the next one
+        )
+        ds, report = ingest([path], spec)
+        first_setpoint = clock(*setpoints[0], time_source)
+        tick = next(t for t in ticks if t >= first_setpoint)  # earlier ticks have no action: dropped
+        when = [clock(t, s, time_source) for t, s in states]
+        state = states[max(j for j, t in enumerate(when) if t <= tick)][1]
+        assert report.ticks == 9 and not report.warnings
+        assert report.stale["/controller/out/servo_positions"] == sum(t < first_setpoint for t in ticks)
+        np.testing.assert_array_equal(ds.observations[0, :3], state.position.astype(np.float32))

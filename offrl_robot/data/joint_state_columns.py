@@ -77,7 +77,8 @@ class JointStateColumns:
         self.patterns: list[np.ndarray] = []  # presence [C] bool per pattern id
         self._pattern_ids: dict[bytes, int] = {}
         self.joint_seen = np.zeros(len(self.joints), bool)
-        self.names_seen: list[tuple[str, ...]] = []
+        self.names_seen: list[tuple[str, ...]] = []  # one name list per distinct set of names
+        self._name_sets: set[frozenset[str]] = set()
         self._first_names: tuple[str, ...] | None = None  # by_index: the name list every message must repeat
         self._first_names_bytes: bytes | None = None
         self._missing_count: dict[
@@ -102,9 +103,10 @@ class JointStateColumns:
         return BagError(f"bag {self.bag}: topic {self.topic}: {why}")
 
     def _remember_names(self, names: Sequence[str]) -> None:
-        key = tuple(names)
-        if key not in self.names_seen and len(self.names_seen) < _NAMES_SEEN:
-            self.names_seen.append(key)
+        key = frozenset(names)  # shuffled orders of one publisher's names are one entry
+        if key not in self._name_sets and len(self.names_seen) < _NAMES_SEEN:
+            self._name_sets.add(key)
+            self.names_seen.append(tuple(names))
 
     def shown_names(self) -> str:
         """The name lists seen, for an error message."""
@@ -193,7 +195,10 @@ class JointStateColumns:
             buf[starts[probe][:, None] + cols], np.broadcast_to(template, (len(probe), cols.size))
         ):
             return False
-        mat = buf[starts[rows][:, None] + np.arange(length)]
+        if len(rows) * length == buf.size:  # the whole batch, back to back: a view, no copy
+            mat = buf.reshape(len(rows), length)
+        else:
+            mat = buf[starts[rows][:, None] + np.arange(length)]
         if not (mat[:, cols] == template).all():
             return False
         offsets, present = self._layout_columns(layout)
