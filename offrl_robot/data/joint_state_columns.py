@@ -124,15 +124,30 @@ class JointStateColumns:
             self.patterns.append(present.copy())
         return pid
 
-    def _pattern_rows(self, present: np.ndarray) -> np.ndarray:
-        """Global pattern id of every row of a [m, C] presence matrix."""
+    def _pattern_rows(self, present: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """Global pattern id of every row of a [m, C] presence matrix, and the first row of each
+        distinct pattern (a topic has a handful: one per publisher)."""
         m = len(present)
         if present.all():
-            return np.full(m, self._pattern(np.ones(present.shape[1], bool)), np.int32)
-        packed = np.packbits(present, axis=1)
+            return np.full(m, self._pattern(np.ones(present.shape[1], bool)), np.int32), [0]
+        packed = np.packbits(present, axis=1, bitorder="little")
+        if packed.shape[1] <= 8:  # up to 64 columns: one integer key per row
+            keys = np.zeros((m, 8), np.uint8)
+            keys[:, : packed.shape[1]] = packed
+            key = keys.view("<u8").reshape(m)
+            distinct = np.unique(key)
+            if distinct.size <= 16:  # a few publishers: one mask per pattern beats an argsort
+                ids = np.empty(m, np.int32)
+                firsts = []
+                for value in distinct.tolist():
+                    mask = key == value
+                    first = int(mask.argmax())
+                    ids[mask] = self._pattern(present[first])
+                    firsts.append(first)
+                return ids, firsts
         _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-        ids = np.array([self._pattern(present[f]) for f in first.tolist()], np.int32)
-        return ids[inverse.reshape(-1)]
+        table = np.array([self._pattern(present[f]) for f in first.tolist()], np.int32)
+        return table[inverse.reshape(-1)], first.tolist()
 
     # ------------------------------------------------------------------ decoding
     def decode(self, batch: RawBatch, want_stamp: bool) -> DecodedBatch:
@@ -357,8 +372,10 @@ class JointStateColumns:
             gathered = f64_at[np.where(ok, starts + start + 8 * slot, 0)]
             block[:, c] = gathered if ok.all() else np.where(ok, gathered, np.nan)
         values[rows] = block
-        pattern_ids[rows] = self._pattern_rows(present)
-        self._sample_names(buf, starts, lengths, present)
+        known = len(self.patterns)
+        pattern_ids[rows], firsts = self._pattern_rows(present)
+        if len(self.patterns) > known or not self.names_seen:  # a new publisher (or the first batch)
+            self._sample_names(buf, starts, lengths, firsts)
 
     def _match_names(
         self, u64_at: np.ndarray, starts: np.ndarray, slots: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -381,8 +398,8 @@ class JointStateColumns:
                     if tail < 8:
                         word = word & np.uint64((1 << (8 * tail)) - 1)
                     eq &= word[:, None] == jwords[None, :, q]
-                hit_row, hit_joint = np.nonzero(eq)
-                target, joint = rows[hit_row], ids[hit_joint]
+                hit = eq.any(axis=1)  # requested names of one length are distinct: at most one hit
+                target, joint = rows[hit], ids[eq.argmax(axis=1)[hit]]
                 taken = slot_of[target, joint] >= 0
                 if taken.any():
                     k = int(np.flatnonzero(taken)[0])
@@ -413,16 +430,12 @@ class JointStateColumns:
             self._check_names_constant(_names_of_region(raw))
 
     def _sample_names(
-        self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, present: np.ndarray
+        self, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: list[int]
     ) -> None:
-        """Remember a few name lists (for error messages): the first row, and a row per new pattern."""
-        if len(self.names_seen) >= _NAMES_SEEN:
-            return
-        picks = [0]
-        if not present.all():
-            _, first = np.unique(np.packbits(present, axis=1), axis=0, return_index=True)
-            picks += first.tolist()[:_NAMES_SEEN]
-        for k in dict.fromkeys(picks):
+        """Remember the name lists of a few rows (one per presence pattern), for error messages."""
+        for k in rows[:_NAMES_SEEN]:
+            if len(self.names_seen) >= _NAMES_SEEN:
+                return
             raw = buf[starts[k] : starts[k] + lengths[k]].tobytes()
             try:
                 self._remember_names(joint_state_layout(raw).names)
