@@ -79,11 +79,11 @@ class JointStateColumns:
         self.joint_seen = np.zeros(len(self.joints), bool)
         self.names_seen: list[tuple[str, ...]] = []  # one name list per distinct set of names
         self._name_sets: set[frozenset[str]] = set()
-        self._first_names: tuple[str, ...] | None = None  # by_index: the name list every message must repeat
+        # by_index: the name list every message must repeat, and for a column whose slot was
+        # missing, that message's field length (for the error message)
+        self._first_names: tuple[str, ...] | None = None
         self._first_names_bytes: bytes | None = None
-        self._missing_count: dict[
-            int, int
-        ] = {}  # by_index: column -> its field's length where the slot was missing
+        self._missing_count: dict[int, int] = {}
         # requested names by CDR string length (incl. NUL): joint ids and their 8-byte words
         self._by_length: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if not by_index:
