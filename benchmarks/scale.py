@@ -4,8 +4,9 @@
 
 Side by side in one run, on this machine:
 
-- ingestion of `--bags` bags (one bag of `--ticks` control ticks written once with the
-  project's RobotLogWriter, copied; sha256 and decoding still run per bag): the serial path
+- ingestion of `--bags` bags (each of `--ticks` control ticks written with the project's
+  RobotLogWriter, one seed per bag: ingest refuses byte-identical copies, as it would count
+  one recording twice; bags are cached in --workdir): the serial path
   (`ingest`, no Ray: the peer every speed-up is also compared with) and
   `fleet_ingest.ingest_parallel` at each worker count. The parallel datasets are checked to be
   identical (sha256) to the serial one. Ray start-up is timed separately from the work.
@@ -38,15 +39,12 @@ sys.path.insert(0, str(REPO / "tests"))  # bagkit: the arm-bag writer the ingest
 def _make_bags(workdir: Path, count: int, ticks: int) -> list[str]:
     from bagkit import write_arm_bag
 
-    template = workdir / "template"
     episodes = max(1, ticks // 400)
-    if not template.exists():
-        write_arm_bag(template, episodes=episodes, steps=400, seed=0)
     bags = []
     for i in range(count):
-        path = workdir / f"robot_{i:03d}"
+        path = workdir / f"robot_{i:03d}_seed{i}"
         if not path.exists():
-            shutil.copytree(template, path)
+            write_arm_bag(path, episodes=episodes, steps=400, seed=i)
         bags.append(str(path))
     return bags
 

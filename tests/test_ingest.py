@@ -15,6 +15,7 @@ from bagkit import EPOCH_NS, JOINTS, PERIOD_NS, write_arm_bag
 from offrl_robot.data.ingest_spec import spec_from_dict
 from offrl_robot.data.rosbag_ingest import ingest
 from offrl_robot.data.rosbag_write import RobotLogWriter
+from offrl_robot.errors import BagError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "config" / "ingest" / "arm_reach.yaml").read_text())
@@ -276,3 +277,78 @@ def test_split_bag_reads_files_in_order(tmp_path: Path, storage: str) -> None:
     assert ds.num_episodes == 3
     np.testing.assert_array_equal(ds.observations, np.concatenate([first.observations, second.observations]))
     np.testing.assert_array_equal(ds.actions, np.concatenate([first.actions, second.actions]))
+
+
+def test_header_stamps_out_of_order_are_sorted(tmp_path: Path) -> None:
+    """Stamps that go backwards in arrival order (a lagging publisher on the same topic) are
+    sorted in header mode, not refused: each tick takes the latest stamp at or before it."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    js_cls, arr_cls = store.types["sensor_msgs/msg/JointState"], store.types["std_msgs/msg/Float64MultiArray"]
+    time_cls, header_cls = store.types["builtin_interfaces/msg/Time"], store.types["std_msgs/msg/Header"]
+    layout = store.types["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    ms = 1_000_000
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        c_js = w.add_connection("/joint_states", js_cls.__msgtype__, typestore=store)
+        c_cmd = w.add_connection("/cmd", arr_cls.__msgtype__, typestore=store)
+        for k, (received, stamped) in enumerate([(10, 10), (30, 50), (50, 30), (70, 70)]):
+            header = header_cls(stamp=time_cls(sec=0, nanosec=stamped * ms), frame_id="")
+            msg = js_cls(
+                header=header,
+                name=JOINTS,
+                position=np.full(6, float(k)),
+                velocity=np.zeros(6),
+                effort=np.zeros(0),
+            )
+            w.write(c_js, received * ms, store.serialize_cdr(msg, js_cls.__msgtype__))
+            cmd = arr_cls(layout=layout, data=np.zeros(6))
+            w.write(c_cmd, (received + 5) * ms, store.serialize_cdr(cmd, arr_cls.__msgtype__))
+    data = copy.deepcopy(BASE)
+    data["observations"] = data["observations"][:1]
+    data["episodes"] = {"gap_s": 1.0}
+    data["alignment"] = {"reference": "/cmd", "max_age_s": 0.03, "time_source": "header"}
+    ds, report = ingest([tmp_path / "bag"], spec_from_dict(data, "sorted-spec"))
+    # ticks at 15, 35, 55, 75 ms -> stamps 10, 30, 50, 70 = messages 0, 2, 1, 3 (the last has no next)
+    np.testing.assert_array_equal(ds.observations[:, 0], [0, 2, 1])
+    np.testing.assert_array_equal(ds.next_observations[:, 0], [2, 1, 3])
+    assert report.sorted_stamps["/joint_states"] == 1
+    assert "header stamps out of order (sorted): /joint_states: 1" in report.format()
+    assert report.warnings and "ticks come from /cmd, which has no header" in report.warnings[0]
+    # receive time keeps arrival order: 0, 1, 2
+    data["alignment"]["time_source"] = "receive"
+    ds, report = ingest([tmp_path / "bag"], spec_from_dict(data, "receive-spec"))
+    np.testing.assert_array_equal(ds.observations[:, 0], [0, 1, 2])
+    assert not report.sorted_stamps and not report.warnings
+
+
+def test_header_clock_far_from_receive_clock_is_refused(tmp_path: Path) -> None:
+    """Header stamps 100 s behind the receive clock (sim time, unsynced machine) while the ticks
+    come from a headerless command: refused, not silently all-stale."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    js_cls, arr_cls = store.types["sensor_msgs/msg/JointState"], store.types["std_msgs/msg/Float64MultiArray"]
+    time_cls, header_cls = store.types["builtin_interfaces/msg/Time"], store.types["std_msgs/msg/Header"]
+    layout = store.types["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.SQLITE3) as w:
+        c_js = w.add_connection("/joint_states", js_cls.__msgtype__, typestore=store)
+        c_cmd = w.add_connection("/cmd", arr_cls.__msgtype__, typestore=store)
+        for k in range(5):
+            received = EPOCH_NS + k * PERIOD_NS
+            stamp = received - 100 * 10**9
+            header = header_cls(stamp=time_cls(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="")
+            msg = js_cls(
+                header=header, name=JOINTS, position=np.zeros(6), velocity=np.zeros(6), effort=np.zeros(0)
+            )
+            w.write(c_js, received, store.serialize_cdr(msg, js_cls.__msgtype__))
+            cmd = arr_cls(layout=layout, data=np.zeros(6))
+            w.write(c_cmd, received + 5_000_000, store.serialize_cdr(cmd, arr_cls.__msgtype__))
+    data = copy.deepcopy(BASE)
+    data["observations"] = data["observations"][:1]
+    data["episodes"] = {"gap_s": 1.0}
+    data["alignment"] = {"reference": "/cmd", "max_age_s": 0.03, "time_source": "header"}
+    with pytest.raises(BagError, match=r"mixes two clocks: ticks come from /cmd, .* are \+100\.000 s from"):
+        ingest([tmp_path / "bag"], spec_from_dict(data, "clock-spec"))

@@ -4,13 +4,16 @@ exit code 2, and nothing left in the datasets root."""
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from bagkit import JOINTS, write_arm_bag
+from bagkit import FR3_ARM, JOINTS, write_arm_bag, write_fr3_bag
 from conftest import REPO
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
@@ -32,9 +35,14 @@ def good_bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def run_ingest(
-    capsys: pytest.CaptureFixture[str], minari_root: Path, bag: Path | str, spec: Path = SPEC
+    capsys: pytest.CaptureFixture[str],
+    minari_root: Path,
+    bag: Path | str | list[Path],
+    spec: Path = SPEC,
+    extra: tuple[str, ...] = (),
 ) -> str:
-    code = main(["ingest", str(bag), "--spec", str(spec), "--out", "bad/never"])
+    bags = [str(b) for b in bag] if isinstance(bag, list) else [str(bag)]
+    code = main(["ingest", *bags, "--spec", str(spec), "--out", "bad/never", *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
@@ -195,14 +203,6 @@ def test_receive_timestamps_going_backwards(capsys, minari_root, tmp_path):
     assert "topic /joint_states: receive timestamps go backwards at message 2 (20.000 ms)" in err
 
 
-def test_header_stamps_going_backwards(capsys, minari_root, tmp_path):
-    bag = _bag_with_joint_times(tmp_path / "hdr", [10, 30, 50, 70], [10, 50, 30, 70])
-    spec = _spec_with(tmp_path, lambda d: d["alignment"].update(time_source="header"))
-    err = run_ingest(capsys, minari_root, bag, spec)
-    assert "topic /joint_states: header stamps go backwards at message 2" in err
-    assert "time_source: receive" in err
-
-
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
@@ -250,3 +250,166 @@ def test_by_index_is_required_for_unnamed_joint_states(capsys, minari_root, tmp_
     )
     assert "joint 'servo_1' is absent from JointState (names in bag: an empty name list)" in err
     assert "by_index: true" in err
+
+
+# ------------------------------------------------------------------ issue 15: named user errors
+FR3_SPEC = REPO / "config" / "ingest" / "fr3_gripper.yaml"
+
+
+def _fr3_spec_with(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(FR3_SPEC.read_text())
+    edit(data)
+    path = tmp_path / "fr3.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_by_index_refuses_a_topic_whose_names_vary(capsys, minari_root, tmp_path):
+    write_fr3_bag(tmp_path / "fr3", episodes=1, seconds=0.2, seed=1)
+
+    def by_index(d):
+        d["observations"][0] = {
+            "topic": "/joint_states",
+            "by_index": True,
+            "indices": [0, 1, 2],
+            "fields": ["position"],
+        }
+
+    err = run_ingest(capsys, minari_root, tmp_path / "fr3", _fr3_spec_with(tmp_path, by_index))
+    assert "topic /joint_states: by_index: true, but name[] changes between messages" in err
+    assert "map joints by name" in err
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (["header.frame_id"], "field 'header.frame_id' is text ('base_link'), not a number"),
+        (["point"], "field 'point' is a whole geometry_msgs/msg/Point message, not a number"),
+    ],
+)
+def test_non_numeric_field(capsys, minari_root, tmp_path, good_bags, fields, expected):
+    spec = _spec_with(tmp_path, lambda d: d["observations"][1].update(fields=fields, names=None))
+    err = run_ingest(capsys, minari_root, good_bags["mcap"], spec)
+    assert "topic /goal: " + expected in err
+
+
+@pytest.fixture
+def reward_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "offrl_test_rewards.py").write_text(
+        "import numpy as np\n"
+        "def boom(obs, act, nxt):\n    return 1 / 0\n"
+        "def nan_at_3(obs, act, nxt):\n    r = np.zeros(len(obs)); r[3] = np.nan; return r\n"
+        "def text(obs, act, nxt):\n    return 'fast'\n"
+        "def short(obs, act, nxt):\n    return np.zeros(2)\n"
+    )
+    (tmp_path / "offrl_test_broken.py").write_text("raise RuntimeError('half-written\\nmodule')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "offrl_test_rewards"
+
+
+@pytest.mark.parametrize(
+    ("function", "expected"),
+    [
+        (":boom", "reward.function offrl_test_rewards:boom raised ZeroDivisionError on bag"),
+        (":nan_at_3", "reward.function offrl_test_rewards:nan_at_3 returned nan for row 3 of bag"),
+        (":text", "reward.function offrl_test_rewards:text returned str, not numbers"),
+        (":short", "returned shape (2,)"),
+        (":missing", "cannot be imported (AttributeError"),
+    ],
+)
+def test_reward_function_failures(
+    capsys, minari_root, tmp_path, good_bags, reward_module, function, expected
+):
+    spec = _spec_with(tmp_path, lambda d: d.update(reward={"function": reward_module + function}))
+    assert expected in run_ingest(capsys, minari_root, good_bags["mcap"], spec)
+
+
+def test_reward_module_that_fails_to_import(capsys, minari_root, tmp_path, good_bags, reward_module):
+    spec = _spec_with(tmp_path, lambda d: d.update(reward={"function": "offrl_test_broken:f"}))
+    err = run_ingest(capsys, minari_root, good_bags["mcap"], spec)
+    assert (
+        "reward.function 'offrl_test_broken:f' cannot be imported (RuntimeError: half-written module)" in err
+    )
+
+
+def test_unusable_root_is_refused_before_ingest(capsys, minari_root, tmp_path, good_bags):
+    """A truncated bag would fail too: the --root error comes first, so it was checked first."""
+    truncated = damaged_copy(good_bags["mcap"], tmp_path / "bag", lambda d: d[: len(d) // 2])
+    a_file = tmp_path / "datasets.txt"
+    a_file.write_text("not a folder")
+    err = run_ingest(capsys, minari_root, truncated, extra=("--root", str(a_file)))
+    assert f"--root {a_file} is a file, not a directory" in err
+    err = run_ingest(capsys, minari_root, truncated, extra=("--root", str(a_file / "sub")))
+    assert f"--root {a_file / 'sub'} cannot be created: {a_file} is a file" in err
+    assert a_file.read_text() == "not a folder"
+
+
+def test_existing_dataset_is_refused_before_ingest(capsys, minari_root, tmp_path, good_bags):
+    truncated = damaged_copy(good_bags["mcap"], tmp_path / "bag", lambda d: d[: len(d) // 2])
+    existing = minari_root / "bad" / "never-v0"
+    existing.mkdir(parents=True)
+    code = main(["ingest", str(truncated), "--spec", str(SPEC), "--out", "bad/never"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "dataset bad/never-v0 already exists" in err and "--overwrite" in err
+    assert list(existing.iterdir()) == []
+
+
+def test_broken_stdout_pipe(minari_root, tmp_path, good_bags):
+    """`offrl-robot ingest ... | head -0`: one line on stderr, exit 2, no dataset, no traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    spec = _spec_with(
+        tmp_path,
+        lambda d: d.update(reward={"function": "offrl_robot.data.robot_rewards:joint_tracking_reward"}),
+    )
+    cmd = [sys.executable, "-m", "offrl_robot.cli", "ingest", str(good_bags["mcap"]), "--spec", str(spec)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", "bad/never"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the report is printed
+    err = proc.stderr.read().decode().strip()
+    assert proc.wait(timeout=300) == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("offrl-robot ingest: error: standard output closed early (broken pipe)")
+    assert "no dataset was written" in err
+    assert list(minari_root.iterdir()) == []
+
+
+def test_nan_names_joint_field_topic_and_time(capsys, minari_root, tmp_path):
+    """A NaN fr3_joint5 position in the arm messages around command 10 (rows 0-9 are clean)."""
+    probe = write_fr3_bag(tmp_path / "probe", episodes=1, seconds=0.3, seed=4)
+    tick = probe.command_times[10]
+    window = (tick - 3_000_000, tick)
+
+    def poison(m):
+        if "fr3_joint5" in m.names and window[0] <= m.receive_ns <= window[1]:
+            m.position[m.names.index("fr3_joint5")] = np.nan
+
+    log = write_fr3_bag(tmp_path / "fr3", episodes=1, seconds=0.3, seed=4, edit=poison)
+    used = max(m.receive_ns for m in log.joint_messages if FR3_ARM[0] in m.names and m.receive_ns <= tick)
+    err = run_ingest(capsys, minari_root, tmp_path / "fr3", FR3_SPEC)
+    assert "topic /joint_states: fr3_joint5.position is nan in the message at " in err
+    assert f"{used // 10**9}.{used % 10**9:09d} s (receive time)" in err
+    assert "row" not in err and "column" not in err
+
+
+def test_nan_in_an_action_names_the_action(capsys, minari_root, tmp_path):
+    with RobotLogWriter(tmp_path / "bag", storage="mcap") as log:
+        log.episode(0, 0)
+        log.goal(0, [0.1, 0.2, 0.3])
+        for k in range(6):
+            t = 10_000_000 + k * 20_000_000
+            log.joint_state(t, JOINTS, np.full(6, k), np.zeros(6))
+            log.command(t + 5_000_000, [0.1, 0.1, np.nan if k == 4 else 0.1, 0.1, 0.1, 0.1])
+    err = run_ingest(capsys, minari_root, tmp_path / "bag")
+    assert f"topic /cmd: joint_3.velocity_cmd is nan in the message at {0.095:.9f} s (receive time)" in err
+
+
+def test_same_bag_twice(capsys, minari_root, tmp_path, good_bags):
+    err = run_ingest(capsys, minari_root, [good_bags["mcap"], good_bags["sqlite3"], good_bags["mcap"]])
+    assert f"bag {good_bags['mcap']}: given twice" in err
+    copy_of = tmp_path / "copy"
+    shutil.copytree(good_bags["sqlite3"], copy_of)
+    err = run_ingest(capsys, minari_root, [good_bags["sqlite3"], copy_of])
+    assert f"bag {copy_of}: same content as bag {good_bags['sqlite3']}" in err

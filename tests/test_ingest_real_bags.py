@@ -172,3 +172,158 @@ def test_servo_bag_rejects_spec_for_a_joint_field_it_lacks(shared_data: Path) ->
     spec.observations[0].fields = ["position", "effort"]
     with pytest.raises(BagError, match=r"field effort has 0 values, index 0 is missing"):
         ingest([shared_data / "real_bags" / "ats_servo_arm_jointstate_sqlite3"], spec)
+
+
+# ------------------------------------------------------------------ joints by name across name sets
+ATS = "ats_aerial_manipulator_px4_mcap"
+
+
+def _ats_spec(**changes: object):
+    """The aerial manipulator's servo arm: its state names the joints q0..q2 (position, velocity,
+    effort, ~16 Hz) while the controller's setpoints name the same arm q1..q3 (positions only,
+    ~9 Hz). One tick per setpoint; each side is mapped by its own names."""
+    from offrl_robot.data.ingest_spec import spec_from_dict
+
+    data = {
+        "control_rate_hz": 9,
+        "alignment": {
+            "reference": "/controller/out/servo_positions",
+            "max_age_s": 0.13,
+            "time_source": "receive",
+        },
+        "episodes": {"gap_s": 1.0},
+        "observations": [
+            {
+                "topic": "/servo/out/state",
+                "type": "sensor_msgs/msg/JointState",
+                "joints": ["q0", "q1", "q2"],
+                "fields": ["position", "velocity"],
+            }
+        ],
+        "action": {
+            "topic": "/controller/out/servo_positions",
+            "type": "sensor_msgs/msg/JointState",
+            "joints": ["q1", "q2", "q3"],
+            "fields": ["position"],
+            "names": ["servo_1.position_cmd", "servo_2.position_cmd", "servo_3.position_cmd"],
+            "low": [-3.1416] * 3,
+            "high": [3.1416] * 3,
+        },
+        "reward": {"function": "offrl_robot.data.robot_rewards:joint_tracking_reward"},
+    }
+    for key, value in changes.items():
+        section, _, sub = key.partition("__")
+        if section == "obs":
+            data["observations"][0][sub] = value
+        elif sub:
+            data[section][sub] = value
+        else:
+            data[section] = value
+    return spec_from_dict(data, "ats-spec")
+
+
+@pytest.mark.parametrize("time_source", ["receive", "header"])
+def test_aerial_manipulator_joints_by_name_under_two_name_sets(shared_data: Path, time_source: str) -> None:
+    path = shared_data / "real_bags" / ATS
+    ds, report = ingest([path], _ats_spec(alignment__time_source=time_source))
+    states = _rosbags_messages(path, "/servo/out/state")
+    setpoints = _rosbags_messages(path, "/controller/out/servo_positions")
+    assert report.ticks == len(setpoints) == 55 and not report.warnings  # both sides stamped
+
+    def when(t: int, m) -> int:
+        return t if time_source == "receive" else m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+
+    ticks = [when(t, m) for t, m in setpoints]
+    state_times = [when(t, m) for t, m in states]
+    expected_obs, expected_act = [], []
+    for k, tick in enumerate(ticks[:-1]):  # the last setpoint has no later state: dropped
+        i = max(j for j, t in enumerate(state_times) if t <= tick)
+        assert tick - state_times[i] <= 0.13e9
+        s = states[i][1]
+        order = [list(s.name).index(q) for q in ("q0", "q1", "q2")]
+        expected_obs.append(np.r_[s.position[order], s.velocity[order]])
+        a = setpoints[k][1]
+        expected_act.append(a.position[[list(a.name).index(q) for q in ("q1", "q2", "q3")]])
+    assert len(ds) == len(ticks) - 1
+    np.testing.assert_array_equal(ds.observations, np.array(expected_obs, np.float32))
+    np.testing.assert_array_equal(ds.actions, np.array(expected_act, np.float32))
+    assert ds.metadata.observation_names[:3] == ["q0.position", "q1.position", "q2.position"]
+
+
+def test_aerial_manipulator_by_index_on_constant_names(shared_data: Path) -> None:
+    """by_index stays allowed where name[] is non-empty but never changes: same columns."""
+    path = shared_data / "real_bags" / ATS
+    by_name, _ = ingest([path], _ats_spec())
+    by_index, _ = ingest(
+        [path], _ats_spec(obs__joints=["q0", "q1", "q2"], obs__by_index=True, obs__indices=[0, 1, 2])
+    )
+    np.testing.assert_array_equal(by_index.observations, by_name.observations)
+
+
+def test_aerial_manipulator_refuses_the_other_name_set(shared_data: Path) -> None:
+    path = shared_data / "real_bags" / ATS
+    with pytest.raises(
+        BagError, match=r"joint 'q0' is absent from JointState \(names in bag: \['q1', 'q2', 'q3'\]\)"
+    ):
+        ingest([path], _ats_spec(action__joints=["q0", "q1", "q2"]))
+    with pytest.raises(BagError, match=r"joint 'q1' has no velocity value in any message that names it"):
+        ingest([path], _ats_spec(action__fields=["position", "velocity"], action__names=None))
+
+
+def test_turtlebot_effort_is_empty_in_every_message(shared_data: Path) -> None:
+    spec = load_spec(REPO / "config" / "ingest" / "tb3_walker.yaml")
+    spec.observations[0].fields = ["position", "effort"]
+    with pytest.raises(
+        BagError, match=r"joint 'wheel_left_joint' has no effort value in any message that names it"
+    ):
+        ingest([shared_data / "real_bags" / "tb3_walker_gazebo_sqlite3"], spec)
+
+
+def test_turtlebot_header_time_is_another_clock(shared_data: Path) -> None:
+    """Gazebo stamps /joint_states with sim time, /cmd_vel (Twist) has no header: header mode
+    would compare sim-time states with wall-clock ticks. Refused, naming both."""
+    spec = load_spec(REPO / "config" / "ingest" / "tb3_walker.yaml")
+    spec.alignment.time_source = "header"
+    with pytest.raises(BagError) as err:
+        ingest([shared_data / "real_bags" / "tb3_walker_gazebo_sqlite3"], spec)
+    text = str(err.value)
+    assert "time_source: header mixes two clocks: ticks come from /cmd_vel, which has no header" in text
+    assert "set alignment.time_source: receive" in text
+
+
+def test_times_only_reference_ticks_on_its_header_stamps(shared_data: Path) -> None:
+    """A reference topic read for its times only (/servo/in/state, 9 JointStates) ticks on its
+    header stamps in header mode (read from the CDR without decoding), on receive time otherwise."""
+    path = shared_data / "real_bags" / ATS
+    refs = _rosbags_messages(path, "/servo/in/state")
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in refs]
+    assert all(t != s for (t, _), s in zip(refs, stamps, strict=True))  # the two clocks differ here
+    from offrl_robot.data.bag_reader import TypeResolver
+    from offrl_robot.data.rosbag_ingest import SyncReport, _decode_topics
+
+    for use_header, want in ((True, stamps), (False, [t for t, _ in refs])):
+        data, _ = _decode_topics(
+            Bag(path), {"/servo/in/state": None}, use_header, TypeResolver(), SyncReport()
+        )
+        assert data["/servo/in/state"].times.tolist() == want
+        assert data["/servo/in/state"].clock == ("header" if use_header else "receive")
+    setpoints = _rosbags_messages(path, "/controller/out/servo_positions")
+    states = _rosbags_messages(path, "/servo/out/state")
+
+    def clock(t: int, m, time_source: str) -> int:
+        return m.header.stamp.sec * 10**9 + m.header.stamp.nanosec if time_source == "header" else t
+
+    for time_source, ticks in (("header", stamps), ("receive", [t for t, _ in refs])):
+        spec = _ats_spec(
+            alignment__reference="/servo/in/state",
+            alignment__time_source=time_source,
+            action__max_age_s=float("inf"),  # a setpoint holds until the next one
+        )
+        ds, report = ingest([path], spec)
+        first_setpoint = clock(*setpoints[0], time_source)
+        tick = next(t for t in ticks if t >= first_setpoint)  # earlier ticks have no action: dropped
+        when = [clock(t, s, time_source) for t, s in states]
+        state = states[max(j for j, t in enumerate(when) if t <= tick)][1]
+        assert report.ticks == 9 and not report.warnings
+        assert report.stale["/controller/out/servo_positions"] == sum(t < first_setpoint for t in ticks)
+        np.testing.assert_array_equal(ds.observations[0, :3], state.position.astype(np.float32))

@@ -11,9 +11,10 @@ silent success.
 Decoding: `sensor_msgs/msg/JointState` and `std_msgs/msg/Float64MultiArray` (the two layouts a
 robot log is mostly made of) are decoded in bulk with numpy: messages with identical structure
 (same names, same lengths) share byte offsets, so the float64 fields are a strided view of a
-[messages, bytes] matrix. Everything else goes through rosbags' `deserialize_cdr`, with a
-typestore that trusts its own definitions first and the bag's embedded ones only for types it
-does not know.
+[messages, bytes] matrix. (Ingest reads JointState through `joint_state_columns`, which also
+handles several publishers and a name order that changes every message.) Everything else goes
+through rosbags' `deserialize_cdr`, with a typestore that trusts its own definitions first and
+the bag's embedded ones only for types it does not know.
 """
 
 from __future__ import annotations

@@ -30,6 +30,25 @@ Example (`config/ingest/arm_reach.yaml`)::
       low: [-1.5, ...]
       high: [1.5, ...]
     reward: {function: "offrl_robot.sim.rewards:arm_reach_reward"}
+
+One JointState topic fed by several publishers (an arm broadcaster and a gripper with disjoint
+`name[]` sets, each with its own fields and rate) takes `joint_groups` instead of
+`joints` + `fields` (`config/ingest/fr3_gripper.yaml`)::
+
+      - topic: /joint_states
+        type: sensor_msgs/msg/JointState
+        joint_groups:
+          - joints: [fr3_joint1, fr3_joint2, ..., fr3_joint7]
+            fields: [position, velocity]
+          - joints: [fr3_finger_joint1, fr3_finger_joint2]
+            fields: [position]          # the gripper publishes positions only
+            max_age_s: 0.1              # ... and at 30 Hz, not 1 kHz
+
+Every column (joint, field) is taken as-of from the latest message that carries it (names the
+joint and has that field), so the arm's and the gripper's messages never mix, whatever order
+`name[]` comes in. Columns: group by group, field-major within a group (`fr3_joint1.position`
+... `fr3_joint7.position`, `fr3_joint1.velocity` ..., `fr3_finger_joint1.position`, ...).
+`joints: [...]` + `fields: [...]` is the one-group shorthand.
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +73,16 @@ EPISODE_ENDS = ("timeout", "terminal")
 
 
 @dataclass
+class JointGroup:
+    """Joints of one JointState topic that share fields (and a freshness window), e.g. the
+    arm's joints with position + velocity and the gripper's fingers with position only."""
+
+    joints: list[str]
+    fields: list[str]
+    max_age_s: float | None = None
+
+
+@dataclass
 class TopicFields:
     """Columns taken from one topic.
 
@@ -61,16 +91,26 @@ class TopicFields:
     `linear.x`, `data`) whose value is a number or an array. `indices` picks array elements
     (for JointState only with `by_index: true`). `max_age_s` overrides the freshness window
     for this topic (`.inf` for latched topics such as a goal published once per episode).
+    `joint_groups` (JointState only) replaces `joints` + `fields` when joints differ in
+    fields or freshness (several publishers on one topic).
     """
 
     topic: str
-    fields: list[str]
+    fields: list[str] = field(default_factory=list)
     type: str | None = None
     joints: list[str] | None = None
     by_index: bool = False
     indices: list[int] | None = None
     names: list[str] | None = None
     max_age_s: float | None = None
+    joint_groups: list[JointGroup] | None = None
+
+    def joint_state_groups(self) -> list[JointGroup]:
+        """The JointState columns as groups (`joints` + `fields` is one group); joint labels
+        stand for array slots with `by_index`."""
+        if self.joint_groups is not None:
+            return self.joint_groups
+        return [JointGroup(list(self.joints or []), list(self.fields), None)]
 
 
 @dataclass
@@ -256,7 +296,9 @@ def _check(spec: IngestSpec, source: str) -> None:
         raise bad(f"reward.function {rw.function!r} must look like package.module:function")
     for i, src in enumerate([*spec.observations, spec.action]):
         where = "action" if src is spec.action else f"observations[{i}]"
-        if not src.fields:
+        if src.joint_groups is not None:
+            _check_joint_groups(src, where, bad)
+        elif not src.fields:
             raise bad(f"{where}.fields must not be empty")
         if src.max_age_s is not None and not src.max_age_s > 0:
             raise bad(f"{where}.max_age_s must be positive (.inf for latched topics)")
@@ -275,6 +317,35 @@ def _check(spec: IngestSpec, source: str) -> None:
         not (lo < hi) or math.isinf(lo) or math.isinf(hi) for lo, hi in zip(act.low, act.high, strict=True)
     ):
         raise bad("action.low must be finite and below action.high for every action")
+
+
+def _check_joint_groups(src: TopicFields, where: str, bad: Callable[[str], ConfigError]) -> None:
+    if src.fields or src.joints is not None or src.by_index or src.indices is not None:
+        raise bad(
+            f"{where}: joint_groups replaces joints/fields (and cannot be combined with by_index/indices); "
+            "move them into the groups"
+        )
+    if src.type is not None and src.type.replace("/msg/", "/") != "sensor_msgs/JointState":
+        raise bad(f"{where}: joint_groups is for sensor_msgs/msg/JointState topics, not {src.type}")
+    if not src.joint_groups:
+        raise bad(f"{where}.joint_groups must list at least one group")
+    seen: set[tuple[str, str]] = set()
+    for k, group in enumerate(src.joint_groups):
+        at = f"{where}.joint_groups[{k}]"
+        if not group.joints:
+            raise bad(f"{at}.joints must not be empty")
+        if not group.fields:
+            raise bad(f"{at}.fields must not be empty")
+        for fname in group.fields:
+            if fname not in JOINT_STATE_FIELDS:
+                raise bad(f"{at}.fields: {fname!r} is not one of {', '.join(JOINT_STATE_FIELDS)}")
+        if group.max_age_s is not None and not group.max_age_s > 0:
+            raise bad(f"{at}.max_age_s must be positive (.inf for latched joints)")
+        for joint in group.joints:
+            for fname in group.fields:
+                if (joint, fname) in seen:
+                    raise bad(f"{at}: {joint}.{fname} is already taken by an earlier group")
+                seen.add((joint, fname))
 
 
 def _topics(spec: IngestSpec) -> set[str]:

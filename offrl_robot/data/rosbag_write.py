@@ -211,11 +211,15 @@ class RobotLogWriter(RawBagWriter):
         position: Any,
         velocity: Any,
         effort: Any = None,
+        header_ns: int | None = None,
     ) -> None:
-        """`sensor_msgs/msg/JointState` on the joint-states topic (effort empty when None)."""
+        """`sensor_msgs/msg/JointState` on the joint-states topic (effort empty when None).
+
+        `header_ns`: a header stamp other than the receive time (a real driver stamps the
+        sample before transport; a gripper on another node stamps with its own lag)."""
         cls = self._store.types["sensor_msgs/msg/JointState"]
         msg = cls(
-            header=self._header(stamp_ns, ""),
+            header=self._header(stamp_ns if header_ns is None else header_ns, ""),
             name=list(names),
             position=np.asarray(position, dtype=np.float64).reshape(-1),
             velocity=np.asarray(velocity, dtype=np.float64).reshape(-1),
