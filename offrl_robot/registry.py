@@ -66,10 +66,11 @@ def _import(target: str, name: str) -> RewardFunction:
     module_name, _, attribute = target.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"reward {name!r} ({target}) cannot be imported ({err})") from None
+    except Exception as err:  # ImportError, AttributeError, or the module itself failing to import
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ConfigError(f"reward {name!r} cannot be imported ({detail}); fix the name") from None
     if not callable(function):
-        raise ConfigError(f"reward {name!r} ({target}) is not a function")
+        raise ConfigError(f"reward {name!r} ({target}) is not a function; name a callable")
     return function
 
 

@@ -328,7 +328,7 @@ def test_reward_module_that_fails_to_import(capsys, minari_root, tmp_path, good_
     spec = _spec_with(tmp_path, lambda d: d.update(reward={"function": "offrl_test_broken:f"}))
     err = run_ingest(capsys, minari_root, good_bags["mcap"], spec)
     assert (
-        "reward.function 'offrl_test_broken:f' cannot be imported (RuntimeError: half-written module)" in err
+        "reward.function: reward 'offrl_test_broken:f' cannot be imported (RuntimeError: half-written module)" in err
     )
 
 

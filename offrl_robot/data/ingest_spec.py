@@ -66,6 +66,7 @@ from typing import Any
 import yaml
 
 from offrl_robot.errors import ConfigError
+from offrl_robot.registry import is_registered_reward
 
 JOINT_STATE_FIELDS = ("position", "velocity", "effort")
 TIME_SOURCES = ("receive", "header")
@@ -292,8 +293,10 @@ def _check(spec: IngestSpec, source: str) -> None:
     rw = spec.reward
     if (rw.function is None) == (rw.topic is None):
         raise bad("reward needs exactly one of function (module:function) or topic")
-    if rw.function is not None and ":" not in rw.function:
-        raise bad(f"reward.function {rw.function!r} must look like package.module:function")
+    if rw.function is not None and ":" not in rw.function and not is_registered_reward(rw.function):
+        raise bad(
+            f"reward.function {rw.function!r} must be a registered reward (e.g. arm_reach) or package.module:function"
+        )
     for i, src in enumerate([*spec.observations, spec.action]):
         where = "action" if src is spec.action else f"observations[{i}]"
         if src.joint_groups is not None:

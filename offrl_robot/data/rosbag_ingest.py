@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import ctypes
 import hashlib
-import importlib
 import itertools
 import os
 import sys
@@ -59,6 +58,7 @@ from offrl_robot.data.dataset import Dataset, DatasetMetadata
 from offrl_robot.data.ingest_spec import IngestSpec, TopicFields, load_spec
 from offrl_robot.data.joint_state_columns import Column, JointStateColumns
 from offrl_robot.errors import BagError, ConfigError, OffrlError
+from offrl_robot.registry import resolve_reward
 
 NS = 1_000_000_000
 CLOCK_MISMATCH_S = 1.0  # header vs receive clocks further apart than this are different clocks
@@ -562,17 +562,13 @@ def _as_of(data: TopicData | Stream, ticks: np.ndarray, max_age_ns: float) -> tu
 
 
 def _load_reward_function(name: str) -> Callable[..., Any]:
-    module_name, _, func_name = name.partition(":")
+    """A registered reward (offrl_robot/registry.py), or the user's own `module:function`: ingest is
+    the user running their own spec offline, so an unregistered import is allowed here (never in
+    the deployed path)."""
     try:
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name)
-    except Exception as err:  # ImportError, AttributeError, or the module itself failing to import
-        raise ConfigError(
-            f"ingest spec: reward.function {name!r} cannot be imported ({type(err).__name__}: {_one_line(err)}); fix the name"
-        ) from None
-    if not callable(func):
-        raise ConfigError(f"ingest spec: reward.function {name!r} is not a function; name a callable")
-    return func
+        return resolve_reward(name, allow_import=True)
+    except ConfigError as err:
+        raise ConfigError(f"ingest spec: reward.function: {err}") from None
 
 
 def _one_line(err: BaseException) -> str:
