@@ -179,6 +179,20 @@ def test_horizon_graph_scores_exactly_like_stepping_the_exported_model(tmp_path:
     assert controller.act(start).shape == (2,)
 
 
+# The fixture's recipe, measured (AMD EPYC, 1 thread; collect seed = fit seed = s, the gate's seed
+# 0 and 20 episodes, success rate):
+#   20 expert episodes, patience 5 (the old recipe):   0.6, 0.75, 0.5          (s = 0..2)
+#   100 episodes, patience 5:                          1, 1, 1, 0.7, 1, 0.9    (s = 0..5)
+#   100 episodes, patience 20, cap 8,000 (this one):   1, 0.95, 1, 1, 1, 1, 1, 1  (s = 0..7)
+#   ... and 30 more episodes each (gate seed 100) for s = 0, 1, 3, 6: 1, 1, 1, 1
+# The ensemble needs goals all over the workspace (100 episodes), and enough updates: with
+# ~50 updates per epoch, patience 5 can stop at ~1,600 updates (s = 3: held-out error 0.044 vs
+# 0.041, yet 0.7 success: far goals behind the base are missed). Patience 20 (~1,000 updates
+# without a 1 % gain) ran 4,800-8,000. Cost: collect ~3 s, fit ~10-22 s, gate ~31 s.
+EXPERT_EPISODES = 100
+GATE_EPISODES = 20  # config/validate.yaml's own count: the gate as `offrl-robot validate` runs it
+
+
 @pytest.fixture(scope="module")
 def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """collect (scripted expert + noise) -> fit -> export -> validation gate, all real; the card
@@ -190,21 +204,25 @@ def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     from offrl_robot.train import TrainConfig
 
     folder = tmp_path_factory.mktemp("mpc")
-    dataset = collect("ArmReach-v0", "scripted-expert", episodes=20, seed=0, noise=0.3).dataset
+    dataset = collect("ArmReach-v0", "scripted-expert", episodes=EXPERT_EPISODES, seed=0, noise=0.3).dataset
     shipped = TrainConfig.from_yaml(REPO / "config/dynamics/arm_reach.yaml").algo_config
     config = TrainConfig(
         algo="dynamics",
-        steps=1500,
+        steps=8000,  # a cap (held-out early stopping ended 2 of the 8 measured fits before it)
         batch_size=256,
         threads=1,
         progress=False,
         # the shipped ensemble shape and planner: the gate validates what deploys
-        algo_config={k: shipped[k] for k in ("members", "hidden_sizes", "mpc")},
+        algo_config={**{k: shipped[k] for k in ("members", "hidden_sizes", "mpc")}, "patience": 20},
     )
     fit = fit_dynamics(config, dataset, run_dir=folder / "run")
     model = folder / "arm_reach_mpc.onnx"
     export_dynamics(fit.checkpoint, model, dataset=dataset)
-    return model, validate_model(model, task="ArmReach-v0", episodes=2, seed=0)
+    return model, validate_model(model, task="ArmReach-v0", episodes=GATE_EPISODES, seed=0)
+
+
+def _per_episode(result: object) -> str:
+    return " ".join(f"{e.index}:{int(bool(e.success))}/{e.final_distance:.3f}m" for e in result.per_episode)
 
 
 @pytest.mark.slow
@@ -217,12 +235,15 @@ def test_mpc_trained_on_expert_data_reaches_the_goal_through_the_gate(
     controller = load_controller(model)
     assert isinstance(controller, MPCController) and controller.config.horizon == 20
     metrics = result.metrics
-    assert metrics["success_rate"] == 1.0, metrics
-    assert metrics["final_distance_mean"] < 0.02
+    assert result.episodes == GATE_EPISODES
+    # The shipped gate's bar (success >= 0.9 over 20 episodes): measured 279 of 280 episodes
+    # over eight data/fit seeds (see above), so two unlucky episodes out of 20 still pass.
+    assert result.passed, f"{result.failure_line()}; per episode {_per_episode(result)}"
+    assert metrics["success_rate"] >= 0.9, _per_episode(result)
+    assert metrics["final_distance_mean"] < 0.02, _per_episode(result)  # measured 4-7 mm
     assert metrics["nan_events"] == 0
     # the planner respects the slew limit itself: the filter never has to cut its commands
     assert metrics["interventions_slew_limited"] == 0
-    assert result.passed
 
 
 @pytest.mark.slow
@@ -230,7 +251,13 @@ def test_mpc_trained_on_expert_data_reaches_the_goal_through_the_gate(
 def test_mpc_through_policy_node_reaches_the_goal_over_dds(
     validated_mpc_model: tuple[Path, object], ros_env: dict[str, str], run_child: object
 ) -> None:
-    """sim_node + policy_node (config/policy.yaml, model_path = the MPC model) as two processes."""
+    """sim_node + policy_node (config/policy.yaml, model_path = the MPC model) as two processes.
+
+    The episode is one the gate itself ran and saw reached: sim_node's episode 1 resets with
+    seed + 1, so `seed:=k-1` replays gate episode k (same start posture, same goal). What is
+    tested is then the deployment path (DDS, sim time, policy.yaml's filter), not whether this
+    model happens to reach one more random goal; the gate's success rate is asserted above.
+    """
     pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
     from offrl_robot.ros.probe import RosProbe
     from offrl_robot.sim.tasks import make_env
@@ -238,14 +265,21 @@ def test_mpc_through_policy_node_reaches_the_goal_over_dds(
     model, result = validated_mpc_model
     assert result.passed  # policy_node refuses a model without a passing validation block
     env = make_env("ArmReach-v0")
-    env.reset(seed=7)
-    goal = env.unwrapped.goal_position()
+    reached_in_gate = []
+    for episode in result.per_episode:
+        env.reset(seed=episode.env_seed)
+        if episode.env_seed >= 1 and episode.success and env.unwrapped.distance() > 0.15:
+            reached_in_gate.append(episode.env_seed)
     env.close()
+    assert reached_in_gate, (
+        f"no gate episode with env seed >= 1 started > 15 cm away and was reached: {_per_episode(result)}"
+    )
+    sim_seed = reached_in_gate[0] - 1
     bin_dir = Path(sys.executable).parent
     sim = run_child.start(
         [
             *(str(bin_dir / "sim_node"), "--ros-args", "--params-file", str(REPO / "config/sim.yaml")),
-            *("-p", f"goal:=[{goal[0]:.6f},{goal[1]:.6f},{goal[2]:.6f}]", "-p", "real_time_factor:=0.5"),
+            *("-p", f"seed:={sim_seed}", "-p", "real_time_factor:=0.5"),
         ],
         env=ros_env,
     )
@@ -266,6 +300,9 @@ def test_mpc_through_policy_node_reaches_the_goal_over_dds(
         assert up, f"sim:\n{output(sim)}\npolicy:\n{output(policy)}"
         response = probe.trigger("/sim_node/reset")
         assert response is not None and response.success, response
+        assert f"seed {sim_seed + 1}" in response.message, response.message
+        # 40 s wall at half real time = 1,000 ticks, 6.7x the gate's 150-tick episode: room for a
+        # slow, shared CI machine; a planner that cannot reach the goal never gets within 2 cm.
         reached = probe.spin_until(
             lambda: any(m.data["success"] == 1.0 and m.data["episode"] == 1.0 for m in probe.metrics),
             timeout=40.0,

@@ -180,8 +180,22 @@ def test_closed_loop_reaches_goal(ros_env, run_child, p_controller: Path) -> Non
         assert probe.spin_until(
             lambda: bool(probe.diags) and probe.diags[-1].message == "active: commanding", 5.0
         )
-        # the node reports its achieved control rate (sim time at 2x real time -> ~100 ticks/s wall)
-        assert float(probe.diags[-1].data["control_rate_achieved_hz"]) > 20.0
+        # The node reports its achieved control rate (wall ticks/s: up to ~100 with the sim at 2x;
+        # 57 on the loaded 2-core dev VM). Not asserted against a speed (a loaded CI machine ticks
+        # slower, and says so) but against what the probe itself counts on /cmd (one message per
+        # tick): the two agree within 2x however fast the machine is; a meter that is off (0 while
+        # ticking, a stale window, per-second counts off by a unit) does not. The probe counts in
+        # a window of plain spinning: the predicates above scan growing lists after every
+        # callback, so the probe lags and stamps queued messages late; 0.5 s drains that first.
+        probe.spin_for(0.5)
+        start = time.monotonic()
+        probe.spin_for(2.5)
+        stamps = [c.t for c in probe.cmds_since(start)]
+        reports = probe.diags_since(start + 1.0)  # every 0.5 s (diagnostics_period)
+        assert len(stamps) >= 5 and reports, f"{len(stamps)} /cmd, {len(reports)} diagnostics in 2.5 s"
+        reported = float(reports[-1].data["control_rate_achieved_hz"])
+        counted = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        assert 0.5 * counted < reported < 2.0 * counted, (reported, counted)
 
 
 def test_sim_killed_policy_publishes_safe_action(ros_env, run_child, p_controller: Path) -> None:
@@ -304,12 +318,15 @@ def test_lifecycle_transitions_through_standard_services(ros_env, run_child, p_c
         assert probe.lifecycle_state("policy_node") == "active"
         _wait_commanding(probe, policy, timeout=5.0)
         assert probe.lifecycle("policy_node", "deactivate") is True
-        deactivated = time.monotonic()
         assert probe.lifecycle_state("policy_node") == "inactive"
+        # No wall-clock window on delivery: let what was in flight arrive (0.3 s of driving), then
+        # the last word is the safe action and 0.3 s more of JointState input (which would tick
+        # an active node 15 times) brings no /cmd at all.
         _drive(probe, 0.3, position=OFF_TARGET)
-        last = [c for c in probe.cmds if c.t <= deactivated + 0.05]
-        assert _is_zero(last[-1].data), "deactivate must leave the safe action on /cmd"
-        assert len(probe.cmds_since(deactivated + 0.1)) == 0, "no commands while inactive"
+        assert probe.cmds and _is_zero(probe.cmds[-1].data), "deactivate must leave the safe action on /cmd"
+        settled = len(probe.cmds)
+        _drive(probe, 0.3, position=OFF_TARGET)
+        assert len(probe.cmds) == settled, "no commands while inactive"
         assert probe.lifecycle("policy_node", "cleanup") is True
         assert probe.lifecycle_state("policy_node") == "unconfigured"
         # and it can be configured again after cleanup
