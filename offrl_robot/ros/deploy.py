@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             pass
         if context.ok():
             policy.trigger_deactivate()  # leaves the safe action on /cmd
+            policy.flush_commands()
         print(policy.summary())
         if args.sim:
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sim.last_metrics.items())

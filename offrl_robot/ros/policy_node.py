@@ -68,6 +68,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -422,6 +423,13 @@ class PolicyNode(LifecycleNode):
             "commanding stopped"
         )
         self._status_message = f"{why} (inactive): safe action published"
+
+    def flush_commands(self, timeout_s: float = 0.5) -> None:
+        """Wait until subscribers acknowledged every /cmd (reliable QoS), so the safe action sent on
+        shutdown is delivered before the process exits, not dropped with it."""
+        publisher = getattr(self, "_cmd_pub", None)
+        if publisher is not None and self._setup is not None:
+            publisher.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))
 
     def _release(self) -> None:
         with self._lock:
@@ -1001,6 +1009,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if node.is_active and rclpy.ok():
             node.stop_commanding("shutting down")
+            node.flush_commands()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
