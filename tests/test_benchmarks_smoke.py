@@ -127,3 +127,15 @@ def test_quality_rejects_an_unknown_dataset_name(run_child) -> None:
     )
     assert result.returncode != 0
     assert "--only-datasets: unknown ['ArmReach huge']" in result.stdout
+
+
+def test_safety_overhead_runs_every_scenario_with_the_per_second_slew(run_child) -> None:
+    """benchmarks/safety_overhead.py end to end at toy size: each scenario fires exactly the
+    interventions it is meant to (the script asserts it) with rate x dt and hold_reference."""
+    result = run_child.run(
+        [sys.executable, str(ROOT / "benchmarks" / "safety_overhead.py"), "--ticks=200", "--rounds=1"],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout
+    for row in ("nominal", "nominal, position arm", "clamp+slew", "stale, hold measured", "e-stop"):
+        assert f"| SafetyFilter.step {row} " in result.stdout, result.stdout
