@@ -173,6 +173,15 @@ def test_export_onnx_agrees_with_torch_and_flags_unfamiliar_inputs(
     assert action.shape == (ACT_DIM,) and np.all(np.abs(action) <= 1.0)
     with pytest.raises(ModelError, match="observation 0 is"):
         load_controller(out, expected_observation_names=["q", *card.metadata.observation_names[1:]])
+    # the planner settings live inside the ONNX file (its sha256 covers them): a card whose
+    # readable copy was edited (a longer horizon, another reward) is refused, not obeyed
+    assert ModelCard.read(card_path_for(out)).metadata.controller["mpc"] == card.training["mpc"]
+    for edit in ({"horizon": 50}, {"reward": "arm_reach"}):
+        edited = ModelCard.read(card_path_for(out))
+        edited.training["mpc"] = {**edited.training["mpc"], **edit}
+        edited.write(card_path_for(out))
+        with pytest.raises(ModelError, match=r"training\.mpc differs .* the card was edited"):
+            load_controller(out)
     card.sha256 = "0" * 64  # the card now describes another file
     card.write(card_path_for(out))
     with pytest.raises(ModelError, match="sha256"):

@@ -400,8 +400,13 @@ def test_slow_model_gives_the_safe_action_and_cannot_delay_the_estop(
         # the safe action keeps flowing at the deadline, not once per 300 ms inference
         gaps = np.diff([c.t for c in cmds if c.t > start + 1.0])
         assert gaps.size and np.median(gaps) < 0.1, np.median(gaps)
-        diag = _diag_with(probe, start, lambda d: "inference slower than" in d.message)
-        assert diag is not None and diag.level == 2 and float(diag.data["inference_overruns"]) >= 3
+        diag = _diag_with(
+            probe,
+            start,
+            lambda d: "inference slower than" in d.message and float(d.data["inference_overruns"]) >= 3,
+            timeout=15.0,  # each overrun is one >= 300 ms inference; slower on a loaded machine
+        )
+        assert diag is not None and diag.level == 2, [d.message for d in probe.diags_since(start)][-3:]
         # the e-stop is served by its own thread: latched within milliseconds, not after the inference
         delays = []
         for _ in range(3):

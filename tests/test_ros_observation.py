@@ -154,6 +154,36 @@ def test_sim_backend_runs_menagerie_arms(shared_data: Path, scene: str) -> None:
     np.testing.assert_array_equal(backend.data.ctrl[limited], backend.ctrl_high[limited])
 
 
+@pytest.mark.parametrize(
+    "scene", ["kinova_gen3/scene.xml", "trossen_vx300s/scene.xml", "ufactory_xarm7/scene.xml"]
+)
+def test_position_servos_start_and_stay_at_their_pose_without_commands(shared_data: Path, scene: str) -> None:
+    """A position servo with control 0 drives its joint to q = 0 (a Gen3 reached 363 rad/s at
+    start-up that way). Without /cmd the backend holds every servo where it starts (keyframe pose),
+    and when commands stop, where the arm is at that moment."""
+    from offrl_robot.ros.sim_backend import make_backend
+
+    backend = make_backend(str(shared_data / "robots" / scene), 0.0, None)
+    backend.reset(seed=0)
+    assert backend.position_actuators.any()
+    start = backend.joint_state()[0]
+    peak = 0.0
+    for _ in range(100):  # 2 s with no command at all
+        backend.step(None)
+        peak = max(peak, float(np.abs(backend.joint_state()[1]).max()))
+    assert peak < 1.0, f"peak joint speed {peak:.1f} rad/s with no command"
+    assert np.abs(backend.joint_state()[0] - start).max() < 0.1  # held (a little gravity sag)
+    target = backend.data.ctrl.copy()
+    servo_on_joint = backend.position_actuators & (backend._servo_qpos >= 0)
+    target[servo_on_joint] += 0.3
+    for _ in range(25):
+        backend.step(target)
+    moved_to = backend.joint_state()[0]
+    for _ in range(50):  # /cmd stops: frozen where it is, not sent back to the start or to 0
+        backend.step(None)
+    assert np.abs(backend.joint_state()[0] - moved_to).max() < 0.1
+
+
 def test_sim_backend_rejects_bad_models(tmp_path: Path) -> None:
     from offrl_robot.ros.sim_backend import make_backend
 
