@@ -39,6 +39,13 @@ TRANSITIONS = {
     "deactivate": Transition.TRANSITION_DEACTIVATE,
     "cleanup": Transition.TRANSITION_CLEANUP,
 }
+# The primary state each transition ends in when it succeeds.
+TRANSITION_GOALS = {
+    "configure": "inactive",
+    "activate": "active",
+    "deactivate": "inactive",
+    "cleanup": "unconfigured",
+}
 
 
 @dataclass
@@ -86,6 +93,7 @@ class RosProbe:
             50,
         )
         self._js_msg = JointState()
+        self._clients: dict[tuple[Any, str], Any] = {}
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         if not msg.status:
@@ -143,17 +151,40 @@ class RosProbe:
         self.estop_pub.publish(Bool(data=on))
 
     # ------------------------------------------------------------------ services
-    def call(self, srv_type: Any, name: str, request: Any, timeout: float = 10.0) -> Any:
-        """Call a service and wait for the answer (None on timeout)."""
-        client = self.node.create_client(srv_type, name)
-        try:
-            if not self.spin_until(client.service_is_ready, timeout):
+    def call(
+        self,
+        srv_type: Any,
+        name: str,
+        request: Any,
+        timeout: float = 10.0,
+        idempotent: bool = True,
+        attempt_s: float = 3.0,
+    ) -> Any:
+        """Call a service and wait for the answer (None on timeout).
+
+        `service_is_ready()` only says this client has matched the server's request reader; the
+        server may not yet have matched this client's response reader, and then Fast DDS drops
+        the response ("failed to send response (timeout)"). An idempotent request is therefore
+        re-sent every `attempt_s` seconds on the same client (its discovery state is kept) until
+        one answer arrives or `timeout` passes; a non-idempotent one is sent once. Clients are
+        kept for the probe's lifetime so a second call does not start discovery again.
+        """
+        key = (srv_type, name)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        client = self._clients[key]
+        end = time.monotonic() + timeout
+        if not self.spin_until(client.service_is_ready, timeout):
+            return None
+        futures = [client.call_async(request)]
+        while True:
+            remaining = end - time.monotonic()
+            window = min(remaining, attempt_s) if idempotent else remaining
+            if self.spin_until(lambda: any(f.done() for f in futures), max(window, 0.0)):
+                return next(f.result() for f in futures if f.done())
+            if time.monotonic() >= end or not idempotent:
                 return None
-            future = client.call_async(request)
-            self.spin_until(future.done, timeout)
-            return future.result() if future.done() else None
-        finally:
-            self.node.destroy_client(client)
+            futures.append(client.call_async(request))
 
     def set_parameters(self, node: str, values: dict[str, Any], timeout: float = 10.0) -> list[Any] | None:
         """`ros2 param set` for each value via `/<node>/set_parameters`: the SetParametersResult list."""
@@ -168,11 +199,30 @@ class RosProbe:
         return self.call(Trigger, name, Trigger.Request(), timeout)
 
     def lifecycle(self, node: str, transition: str, timeout: float = 15.0) -> bool | None:
-        """Request a standard lifecycle transition via `/<node>/change_state`; the service's success flag."""
+        """Request a standard lifecycle transition via `/<node>/change_state`; the service's success flag.
+
+        A transition is not idempotent, so a lost response is resolved by asking the node for its
+        state: moved to the transition's goal state means it happened; still in the start state
+        means the request was lost (or failed and rolled back) and it is sent again, so a
+        failing transition answers False once one response gets through.
+        """
         request = ChangeState.Request()
         request.transition.id = TRANSITIONS[transition]
-        response = self.call(ChangeState, f"/{node}/change_state", request, timeout)
-        return None if response is None else bool(response.success)
+        goal = TRANSITION_GOALS[transition]
+        end = time.monotonic() + timeout
+        start_state = self.lifecycle_state(node, timeout=min(timeout, 10.0))
+        while time.monotonic() < end:
+            remaining = end - time.monotonic()
+            response = self.call(
+                ChangeState, f"/{node}/change_state", request, min(remaining, 5.0), idempotent=False
+            )
+            if response is not None:
+                return bool(response.success)
+            state = self.lifecycle_state(node, timeout=max(end - time.monotonic(), 1.0))
+            if state is None or state == start_state:
+                continue  # no answer yet, or the request was lost: ask again
+            return state == goal
+        return None
 
     def lifecycle_state(self, node: str, timeout: float = 10.0) -> str | None:
         response = self.call(GetState, f"/{node}/get_state", GetState.Request(), timeout)
