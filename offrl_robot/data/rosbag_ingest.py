@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import hashlib
 import importlib
 import itertools
@@ -364,15 +365,35 @@ def _as_of(data: TopicData, ticks: np.ndarray, max_age_ns: float) -> tuple[np.nd
     return safe, ok
 
 
-def _load_reward_function(name: str) -> Callable[..., Any]:
-    module_name, _, func_name = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, func_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(
-            f"ingest spec: reward.function {name!r} cannot be imported ({err}); fix the name"
-        ) from None
+def _load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
+    """A registered reward name (`reach`, `arm_reach`, entry points) or a `module:function` (the
+    user's own code: ingest runs what the user's spec names). A reward that takes the task
+    (`task=`, e.g. `reach`: forward kinematics of the task's MJCF) is bound to the spec's `task:`."""
+    from offrl_robot.registry import is_registered_reward, lookup_reward, needs_task
+
+    if is_registered_reward(name) or ":" not in name:
+        function = lookup_reward(name)
+    else:
+        module_name, _, func_name = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            function = getattr(module, func_name)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(
+                f"ingest spec: reward.function {name!r} cannot be imported ({err}); fix the name"
+            ) from None
+    if callable(function) and needs_task(function):
+        if not task:
+            raise ConfigError(
+                f"ingest spec: reward.function {name} computes from the task (its MJCF); set task: to the task file"
+            )
+        from offrl_robot.sim.tasks import task_definition
+
+        definition = task_definition(task)
+        if definition is None:
+            raise ConfigError(f"ingest spec: reward.function {name} needs a task file as task:, not {task}")
+        return functools.partial(function, task=definition)
+    return function
 
 
 @dataclass
@@ -658,7 +679,7 @@ def ingest_bag(
         # Per bag, not on the merged dataset: a reward is a function of one transition, and
         # computing it here lets parallel ingestion spread it over the workers (it can be the
         # costliest step, e.g. forward kinematics) instead of leaving it to the serial merge.
-        func = _load_reward_function(spec.reward.function)
+        func = _load_reward_function(spec.reward.function, spec.task)
         rows = len(result.observations)
         rewards = func(result.observations, result.actions, result.next_observations)
         result.rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)

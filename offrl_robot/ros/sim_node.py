@@ -4,7 +4,8 @@ Publishes `/joint_states` (sensor_msgs/JointState, every named 1-DoF joint) at t
 and `/clock` (so other nodes can run with `use_sim_time`), subscribes `/cmd`
 (std_msgs/Float64MultiArray, one value per actuator, as ros2_control's forward_command_controller
 takes), and publishes the goal on `/goal` (geometry_msgs/PointStamped, latched) and task metrics
-on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode; each episode start is marked
+on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode (and, with `episode_steps: N`,
+every N ticks does); each episode start is marked
 on `/episode` (std_msgs/Int32, the episode index, latched): the marker `collect --bag` writes and
 `config/ingest/arm_reach.yaml` splits on, so `offrl-robot record` of the sim ingests like a
 collected log (and `record --episodes N` counts these markers).
@@ -15,6 +16,9 @@ runs five times faster than real time and everything on `/clock` stays consisten
 older than `cmd_timeout` seconds of *simulated* time is dropped and the hold control applied (zero
 velocity for ArmReach; a position servo holds its joint where it is: sim_backend.py), as a real
 drive would do when its controller goes silent.
+
+`model:` may be a task file (config/tasks/NAME.yaml): a user's arm then gets a goal on `/goal`,
+task metrics on `~/metrics`, and `/cmd` carries the task's actions (its `actuators`, in order).
 """
 
 from __future__ import annotations
@@ -43,12 +47,16 @@ from offrl_robot.ros.sim_backend import METRIC_NAMES, SimBackend, make_backend
 NODE_NAME = "sim_node"
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model": ("ArmReach-v0", "task id (ArmReach-v0) or path to any MJCF file with actuators"),
+    "model": (
+        "ArmReach-v0",
+        "task (ArmReach-v0, a task file config/tasks/NAME.yaml, an installed task) or any MJCF file with actuators",
+    ),
     "control_rate_hz": (0.0, "0 = the task's rate (50 Hz for a bare MJCF)"),
     "real_time_factor": (1.0, "simulated seconds per wall second (e.g. 5.0 = 5x faster)"),
     "publish_clock": (True, "publish /clock for nodes running with use_sim_time"),
     "cmd_timeout": (0.1, "seconds of simulated time after which a /cmd is stale -> hold control"),
     "seed": (0, "seed of the first episode (episode k uses seed + k)"),
+    "episode_steps": (0, "a new episode every N ticks (0 = only on ~/reset)"),
     "goal": (None, "fixed goal [x, y, z] (m) for task models; unset = sampled from the seed"),
     "frame_id": ("base_link", "frame of the published goal"),
 }
@@ -80,6 +88,10 @@ class SimNode(Node):
         self._seed = int(p["seed"])
         self._episode = 0
         self._cmd_timeout = float(p["cmd_timeout"])
+        self._episode_steps = int(p["episode_steps"])
+        if self._episode_steps < 0:
+            raise OffrlError(f"sim_node parameter episode_steps must be >= 0, got {self._episode_steps}")
+        self._ticks_in_episode = 0
         self._frame_id = str(p["frame_id"])
         self._clock_base = 0.0
         self._command: np.ndarray | None = None
@@ -124,6 +136,7 @@ class SimNode(Node):
         self.backend.reset(self._seed + self._episode)
         self._clock_base -= self.backend.sim_time
         self._command = None
+        self._ticks_in_episode = 0
         # The marker first: a recorder counting episodes sees it before the new episode's data.
         self._episode_pub.publish(Int32(data=self._episode))
         self._publish_state()
@@ -173,6 +186,10 @@ class SimNode(Node):
         self.last_metrics = dict(zip(METRIC_NAMES, values, strict=True))
         self._metrics_msg.data = [float(v) for v in values]
         self._metrics_pub.publish(self._metrics_msg)
+        self._ticks_in_episode += 1
+        if self._episode_steps and self._ticks_in_episode >= self._episode_steps:
+            self._episode += 1  # the metrics above closed the episode; the next one starts now
+            self._reset_episode()
 
     def _publish_state(self) -> None:
         stamp = _time_msg(self.clock)
