@@ -39,9 +39,12 @@ class ReachKinematics:
 
     Every joint between the world and the site must be observed as `<joint>.position` (a log
     without them cannot say where the site was). Hinge-only chains use the batched Rodrigues
-    chain of ArmKinematics (exact to float rounding); other chains fall back to MuJoCo's own
-    kinematics row by row (exact, slower).
+    chain of ArmKinematics (exact to float rounding); other chains, and calls with a few rows (the
+    env's one per step: the batched chain costs ~0.5 ms of numpy overhead per call), use MuJoCo's
+    own kinematics row by row.
     """
+
+    BATCHED_FROM = 16  # rows; fewer go through mj_kinematics one by one
 
     def __init__(self, task: CompiledTask) -> None:
         from offrl_robot.sim.arm_reach import ArmKinematics
@@ -74,18 +77,18 @@ class ReachKinematics:
         self.model = model
         self.site_id = task.site_id
         self._site = model.site(task.site_id).name
+        self._data = mujoco.MjData(model)
         try:
             self._fast: ArmKinematics | None = ArmKinematics(model, self._site)
         except ValueError:
             self._fast = None
-            self._data = mujoco.MjData(model)
 
     def site_position(self, obs: np.ndarray) -> np.ndarray:
         obs = np.atleast_2d(np.asarray(obs, dtype=np.float64))
         qpos = np.tile(self.qpos0, (len(obs), 1))
         for col, adr in self.columns:
             qpos[:, adr] = obs[:, col]
-        if self._fast is not None:
+        if self._fast is not None and len(obs) > self.BATCHED_FROM:
             return self._fast.site_position(qpos)
         out = np.empty((len(obs), 3))
         for row, q in enumerate(qpos):
