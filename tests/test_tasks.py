@@ -86,7 +86,7 @@ def test_shipped_task_files_resolve_by_path_and_name_from_any_directory(
 
 def test_kinova_unlimited_joints_take_their_limits_from_the_task_file(robots: Path, tmp_path: Path) -> None:
     info = task_info("kinova_gen3_reach")
-    assert info.action_low[0] == -6.2832 and info.action_high[2] == 6.2832  # command_limits
+    assert info.action_low[0] == -2.5 and info.action_high[2] == 5.3  # command_limits
     assert info.action_low[1] == pytest.approx(-2.2497294058206907)  # its own ctrlrange
     data = yaml.safe_load((TASKS / "kinova_gen3_reach.yaml").read_text())
     data.pop("command_limits")

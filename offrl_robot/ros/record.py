@@ -534,7 +534,7 @@ def run(args: argparse.Namespace) -> int:
             recorder = Recorder(node, writer, topics, limits, args.depth, args.stamp)
             print(
                 f"recording {len(topics)} topics ({', '.join(t.name for t in topics)}) -> {args.out} "
-                f"[{args.storage}, {'sim' if args.use_sim_time else 'system'} time]; Ctrl-C to stop",
+                f"[{args.storage}, {'sim time' if args.use_sim_time else args.stamp + ' time'}]; Ctrl-C to stop",
                 flush=True,
             )
             while recorder.stop_reason is None:
