@@ -339,3 +339,17 @@ def test_an_installed_package_registers_a_task_and_its_success_function(
     assert reset_info["is_success"] is True and reset_info["distance"] > 0.02  # its own success function
     with pytest.raises(ConfigError, match="not a registered success function"):
         resolve_success("sometimes")
+
+
+def test_expert_command_refuses_bad_input_in_one_line(
+    robots: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`offrl-robot expert` checks its arguments before starting ROS (models run in policy_node)."""
+    for argv, needle in (
+        (["--task", str(VX), "--policy", "model.onnx"], "--policy 'model.onnx'"),
+        (["--task", str(VX), "--noise", "-1"], "--noise -1"),
+        (["--task", "nowhere.yaml"], "task file"),
+    ):
+        assert cli.main(["expert", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("offrl-robot expert: error:") and "\n" not in err and needle in err, err
