@@ -122,10 +122,11 @@ def test_vx300s_from_recorded_demonstrations_to_a_gated_policy_over_dds(
     assert dataset.metadata.action_names == list(info.action_names)
     # + the one in progress when recording started, and the start of the next when it stopped
     assert EPISODES + 1 <= dataset.num_episodes <= EPISODES + 2, dataset.num_episodes
-    bounds = dataset.episode_bounds()[1 : EPISODES + 1]
+    # (the last one may also hold what arrived before the recorder saw the marker it stopped on)
+    bounds = dataset.episode_bounds()[1:-1]
     # lockstep: every tick of every whole episode logged (149: the 150th state is never published,
     # the next state to answer is the new episode's), each with the goal of its own episode
-    assert [stop - start for start, stop in bounds] == [149] * EPISODES
+    assert len(bounds) >= EPISODES - 1 and [stop - start for start, stop in bounds] == [149] * len(bounds)
     assert all(np.ptp(dataset.observations[start:stop, -3:], axis=0).max() == 0 for start, stop in bounds)
     # the reward is -distance(pinch, goal) by forward kinematics of the logged joints: the demos end at
     # their goals (the expert's own noise, 0.01 of each joint's range per tick, jitters the last tick)

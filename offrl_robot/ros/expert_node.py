@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from offrl_robot.errors import ConfigError
 
 POLICIES = ("scripted-expert", "random")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,13 +74,16 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
-    from offrl_robot.ros.process import init_ros
-
     context = rclpy.Context()
-    init_ros(["offrl-robot-expert"], context=context)
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
+    # Ctrl-C / SIGTERM set a flag the loop checks: an exception raised by a signal handler can land
+    # inside rclpy's C++ calls (seen: "Unable to convert call argument" from spin_once, exit 1)
+    signals: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in STOP_SIGNALS}
     node = Node("scripted_expert", context=context)
     publisher = node.create_publisher(Float64MultiArray, args.cmd, 10)
     sent = [0]
@@ -113,14 +118,16 @@ def run(args: argparse.Namespace) -> int:
     )
     deadline = time.monotonic() + args.duration if args.duration > 0 else math.inf
     try:
-        while context.ok() and time.monotonic() < deadline:
+        while not signals and context.ok() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
         executor.remove_node(node)
         node.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown(context=context)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"scripted expert stopped: {sent[0]} commands sent")
     return 0

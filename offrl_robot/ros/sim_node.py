@@ -50,7 +50,7 @@ from std_msgs.msg import Float64MultiArray, Int32, MultiArrayDimension
 from std_srvs.srv import Trigger
 
 from offrl_robot.errors import OffrlError
-from offrl_robot.ros.process import init_ros, wants_help
+from offrl_robot.ros.process import init_ros, interrupted, wants_help
 from offrl_robot.ros.sim_backend import METRIC_NAMES, SimBackend, make_backend
 
 NODE_NAME = "sim_node"
@@ -280,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
+    except RuntimeError:
+        if not interrupted():  # the interrupt landed inside rclpy: still a clean stop
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
