@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "offrl_robot.ros.record",
         "record ROS 2 topics to a rosbag2 bag (raw CDR; no ROS install needed)",
     ),
+    "expert": (
+        "offrl_robot.ros.expert_node",
+        "drive a sim/robot over ROS 2 with a task's scripted expert (demonstrations to record)",
+    ),
     "bag-info": ("offrl_robot.data.bag_info", "open a rosbag2 log and read every message it reports"),
     "dataset-info": ("offrl_robot.data.dataset_info", "summarise a local Minari dataset"),
     "train": ("offrl_robot.train", "train an offline RL algorithm on a dataset"),

@@ -405,6 +405,10 @@ class Trainer:
         self.task = config.task or self.dataset.metadata.task
         if self.task:
             from offrl_robot.evaluation import check_task_dims
+            from offrl_robot.sim.tasks import portable_task_name
+
+            # a task file is recorded by its absolute path (the card's task: the gate finds it from anywhere)
+            self.task = portable_task_name(self.task)
 
             check_task_dims(
                 self.task, self.dataset.observation_dim, self.dataset.action_dim, self.dataset_name

@@ -1,6 +1,6 @@
 """`offrl-robot collect`: roll out a policy in MuJoCo, save a Minari dataset (and a rosbag2 log).
 
-    offrl-robot collect --task ArmReach-v0 --policy scripted-expert|random|FILE.onnx \
+    offrl-robot collect --task ArmReach-v0|config/tasks/NAME.yaml --policy scripted-expert|random|FILE.onnx \
         --noise SIGMA --episodes N --seed S --out NAME [--bag DIR --storage mcap|sqlite3]
 
 Why a bag too: a robot has no Minari writer, it has rosbag2. Writing the same run as a robot
@@ -26,7 +26,7 @@ import numpy as np
 
 from offrl_robot.data.dataset import Dataset, DatasetMetadata
 from offrl_robot.errors import ConfigError, ModelError, OffrlError
-from offrl_robot.sim.experts import ArmReachExpert, GaussianNoise, Policy, RandomPolicy
+from offrl_robot.sim.experts import ArmReachExpert, GaussianNoise, Policy, RandomPolicy, ReachExpert
 from offrl_robot.sim.tasks import TaskInfo, make_env, task_info
 
 BUILTIN_POLICIES = ("scripted-expert", "random")
@@ -82,11 +82,15 @@ def make_policy(policy: str, info: TaskInfo, noise: float, seed: int) -> Policy:
     low, high = np.asarray(info.action_low), np.asarray(info.action_high)
     base: Policy
     if policy == "scripted-expert":
-        if not info.is_arm_task or info.name != "ArmReach-v0":
+        if info.definition is not None:  # a task file: the DLS reach expert on its site and joints
+            base = ReachExpert(info.definition)
+        elif info.name == "ArmReach-v0":
+            base = ArmReachExpert()
+        else:
             raise ConfigError(
-                f"--policy scripted-expert exists only for ArmReach-v0, not {info.name}; use random or a .onnx model"
+                f"--policy scripted-expert exists only for ArmReach-v0 and task files, not {info.name}; "
+                "use random or a .onnx model"
             )
-        base = ArmReachExpert()
     elif policy == "random":
         base = RandomPolicy(low, high, seed=policy_seed)
     elif policy.endswith(".onnx"):
@@ -161,7 +165,8 @@ def collect(
         raise ConfigError(f"--storage {storage!r}: choose one of {', '.join(STORAGES)}")
     if bag is not None and info.name != "ArmReach-v0":
         raise ConfigError(
-            f"--bag: only ArmReach-v0 has named joints to log; {info.name} cannot be written as a robot log"
+            f"--bag: only ArmReach-v0 is written as a robot log here, not {info.name}; for a task file run "
+            "sim_node with model: TASK_FILE and log it with offrl-robot record"
         )
     act = make_policy(policy, info, noise, seed)
     env = make_env(info.name)
@@ -259,9 +264,15 @@ def _rollouts(
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="ArmReach-v0", help="task name (ArmReach-v0, Hopper-v5, ...)")
     parser.add_argument(
-        "--policy", required=True, help="scripted-expert (ArmReach only), random, or a path to a .onnx model"
+        "--task",
+        default="ArmReach-v0",
+        help="task name (ArmReach-v0, Hopper-v5, ...) or task file (config/tasks/NAME.yaml)",
+    )
+    parser.add_argument(
+        "--policy",
+        required=True,
+        help="scripted-expert (ArmReach and task files), random, or a path to a .onnx model",
     )
     parser.add_argument(
         "--noise",

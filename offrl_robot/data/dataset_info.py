@@ -62,6 +62,15 @@ def _success_rate(dataset: Dataset) -> float | None:
         info = task_info(task)
     except ConfigError:
         return None
+    if info.definition is not None:  # a task file: its own success function on each final transition
+        if list(dataset.metadata.observation_names) != list(info.observation_names):
+            return None
+        from offrl_robot.registry import resolve_success
+
+        success = resolve_success(info.definition.success, task=info.definition)
+        last = np.array([stop - 1 for _, stop in dataset.episode_bounds()])
+        hits = success(dataset.observations[last], dataset.actions[last], dataset.next_observations[last])
+        return float(np.mean(np.asarray(hits, dtype=bool)))
     if not info.is_arm_task or info.name != "ArmReach-v0":
         return None
     from offrl_robot.sim.arm_reach import default_kinematics

@@ -147,7 +147,10 @@ class EpisodeSplitSpec:
 
 @dataclass
 class RewardSpec:
-    """Either a logged `topic` (+ numeric `field`) or a `function` `module:function(obs, act, next_obs)`.
+    """Either a logged `topic` (+ numeric `field`) or a `function`: a registered reward name
+    (`reach`, `arm_reach`, entry points; offrl_robot/registry.py) or `module:function(obs, act, next_obs)`.
+    A function that takes `task=` (e.g. `reach`) is bound to the spec's `task:` (a task file path is
+    relative to the spec).
 
     A logged reward belongs to the action it follows: for tick i it is the last reward message
     after tick i and at or before tick i+1 (rows without one are dropped and counted). A
@@ -203,7 +206,12 @@ def load_spec(path: str | os.PathLike[str]) -> IngestSpec:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"ingest spec {file}: invalid YAML{where}; fix the syntax") from None
-    return spec_from_dict(data, str(file))
+    spec = spec_from_dict(data, str(file))
+    if spec.task is not None and spec.task.lower().endswith((".yaml", ".yml")):
+        # a task file named in the spec is relative to the spec (like the MJCF in a task file), and
+        # stored absolute in the dataset, so training and the gate find it from anywhere
+        spec.task = str((file.parent / Path(spec.task).expanduser()).resolve())
+    return spec
 
 
 def spec_from_dict(data: Any, source: str = "<spec>") -> IngestSpec:

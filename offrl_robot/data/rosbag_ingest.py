@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import hashlib
 import itertools
 import os
@@ -58,7 +59,7 @@ from offrl_robot.data.dataset import Dataset, DatasetMetadata
 from offrl_robot.data.ingest_spec import IngestSpec, TopicFields, load_spec
 from offrl_robot.data.joint_state_columns import Column, JointStateColumns
 from offrl_robot.errors import BagError, ConfigError, OffrlError
-from offrl_robot.registry import resolve_reward
+from offrl_robot.registry import lookup_reward, needs_task
 
 NS = 1_000_000_000
 CLOCK_MISMATCH_S = 1.0  # header vs receive clocks further apart than this are different clocks
@@ -561,12 +562,23 @@ def _as_of(data: TopicData | Stream, ticks: np.ndarray, max_age_ns: float) -> tu
     return safe, ok
 
 
-def _load_reward_function(name: str) -> Callable[..., Any]:
+def _load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
     """A registered reward (offrl_robot/registry.py), or the user's own `module:function`: ingest is
     the user running their own spec offline, so an unregistered import is allowed here (never in
-    the deployed path)."""
+    the deployed path). A reward that takes the task (`task=`, e.g. `reach`: forward kinematics of
+    the task's MJCF) is bound to the spec's `task:`."""
     try:
-        return resolve_reward(name, allow_import=True)
+        function = lookup_reward(name, allow_import=True)
+        if not needs_task(function):
+            return function
+        if not task:
+            raise ConfigError(f"reward {name!r} computes from the task (its MJCF); set task: to the task file")
+        from offrl_robot.sim.tasks import task_definition
+
+        definition = task_definition(task)
+        if definition is None:
+            raise ConfigError(f"reward {name!r} needs a task file as task:, not {task}")
+        return functools.partial(function, task=definition)
     except ConfigError as err:
         raise ConfigError(f"ingest spec: reward.function: {err}") from None
 
@@ -979,13 +991,13 @@ def ingest_bag(
         # Per bag, not on the merged dataset: a reward is a function of one transition, and
         # computing it here lets parallel ingestion spread it over the workers (it can be the
         # costliest step, e.g. forward kinematics) instead of leaving it to the serial merge.
-        result.rewards = _function_rewards(spec.reward.function, result, bag.name)
+        result.rewards = _function_rewards(spec.reward.function, result, bag.name, spec.task)
     return BagPart(result, report, {"path": str(Path(path).resolve()), "sha256": _sha256(bag)})
 
 
-def _function_rewards(name: str, result: _BagResult, bag: str) -> np.ndarray:
+def _function_rewards(name: str, result: _BagResult, bag: str, task: str | None = None) -> np.ndarray:
     """Call the named reward function on one bag's arrays; whatever goes wrong is one line."""
-    func = _load_reward_function(name)
+    func = _load_reward_function(name, task)
     rows = len(result.observations)
     try:
         rewards = func(result.observations, result.actions, result.next_observations)

@@ -21,11 +21,21 @@ import rclpy
 from rclpy.context import Context
 from rclpy.signals import SignalHandlerOptions
 
+_INTERRUPTED: list[int] = []  # the signal that interrupted this process, once one has
+
 
 def _interrupt(signum: int, frame: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _INTERRUPTED.append(signum)
     raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """Whether SIGINT/SIGTERM arrived. The KeyboardInterrupt it raises can land inside an rclpy
+    C++ call, which then fails as a RuntimeError ("Unable to convert call argument '0' to Python
+    object", seen from spin_once): a caller treats that error as the interrupt when this is true."""
+    return bool(_INTERRUPTED)
 
 
 def init_ros(args: Sequence[str] | None, context: Context | None = None) -> None:

@@ -1,8 +1,9 @@
-"""The physics behind `sim_node`: our ArmReach task, or any MJCF file with actuators.
+"""The physics behind `sim_node`: a task (ArmReach, a task file), or any MJCF file with actuators.
 
 Kept free of ROS so the in-process runner and the tests drive exactly the same stepping code.
-Two kinds of model are supported because they answer different questions: the project's own
-task (goal, reward, success, distance: does the policy *do the task* over ROS?) and an
+Two kinds of model are supported because they answer different questions: a task (the project's
+ArmReach, or a user's arm described by a task file: goal, reward, success, distance: does the
+policy *do the task* over ROS?) and an
 arbitrary robot MJCF, e.g. a Menagerie arm (does the node pipeline work on a robot we did not
 design: joint naming, actuator count, ctrl ranges, unlimited joints?).
 
@@ -130,7 +131,13 @@ class SimBackend:
 
 
 class TaskBackend(SimBackend):
-    """One of the project's gymnasium tasks (ArmReach-v0): adds goal, reward, success, distance."""
+    """A task (ArmReach-v0, a task file, an installed task): adds goal, reward, success, distance.
+
+    `/cmd` carries the task's actions (for a task file: its `actuators`, in that order; actuators
+    the task does not command keep their start controls). Without a fresh command the task's hold
+    action applies, frozen when commands stop: zero for velocity commands, the joint positions of
+    that moment for position commands (a position target of zero would swing the arm to q = 0).
+    """
 
     def __init__(self, task: str, control_rate_hz: float, goal: list[float] | None) -> None:
         from offrl_robot.sim import make_env
@@ -146,9 +153,25 @@ class TaskBackend(SimBackend):
         super().__init__(self.task.model, self.task.data, rate)
         self._fixed_goal = None if goal is None else np.asarray(goal, dtype=np.float64)
         self.ctrl_low, self.ctrl_high = np.asarray(self.task.action_low), np.asarray(self.task.action_high)
+        self._task_hold = self._hold_action()
+
+    @property
+    def num_commands(self) -> int:
+        return len(self.ctrl_low)
+
+    def _hold_action(self) -> np.ndarray:
+        hold = getattr(self.task, "hold_action", None)
+        return np.asarray(hold(), dtype=np.float64) if hold is not None else np.zeros(self.num_commands)
 
     def step(self, command: np.ndarray | None) -> StepMetrics:
-        action = np.zeros(self.model.nu) if command is None else np.asarray(command, dtype=np.float64)
+        if command is None:
+            if self._commanded:  # commands just stopped: freeze where the arm is now
+                self._task_hold = self._hold_action()
+                self._commanded = False
+            action = self._task_hold
+        else:
+            action = np.asarray(command, dtype=np.float64)
+            self._commanded = True
         # The bare env: wrappers (TimeLimit, checkers) assume episodes; the node runs continuously.
         _, reward, _, _, info = self.task.step(action)
         self.episode_return += float(reward)
@@ -160,6 +183,8 @@ class TaskBackend(SimBackend):
             self.task.set_goal(self._fixed_goal)
             mujoco.mj_forward(self.model, self.data)
         self.episode_return = 0.0
+        self._task_hold = self._hold_action()
+        self._commanded = False
 
     def goal(self) -> np.ndarray | None:
         return self.task.goal_position()
@@ -173,7 +198,11 @@ def position_servo_mask(model: mujoco.MjModel) -> np.ndarray:
 
 
 def make_backend(model: str, control_rate_hz: float, goal: list[float] | None) -> SimBackend:
-    """`model` is a task id (e.g. ArmReach-v0) or a path to an MJCF file with actuators."""
+    """`model` is a task (ArmReach-v0, a task file `*.yaml`, an installed task) or an MJCF file."""
+    from offrl_robot.sim.task_file import looks_like_task_file
+
+    if looks_like_task_file(model):
+        return TaskBackend(model, control_rate_hz, goal)
     if model.endswith(".xml") or Path(model).is_file():
         path = Path(model).expanduser()
         if not path.is_file():

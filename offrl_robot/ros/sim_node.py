@@ -4,7 +4,8 @@ Publishes `/joint_states` (sensor_msgs/JointState, every named 1-DoF joint) at t
 and `/clock` (so other nodes can run with `use_sim_time`), subscribes `/cmd`
 (std_msgs/Float64MultiArray, one value per actuator, as ros2_control's forward_command_controller
 takes), and publishes the goal on `/goal` (geometry_msgs/PointStamped, latched) and task metrics
-on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode; each episode start is marked
+on `~/metrics`. `~/reset` (std_srvs/Trigger) starts a new episode (and, with `episode_steps: N`,
+every N ticks does); each episode start is marked
 on `/episode` (std_msgs/Int32, the episode index, latched): the marker `collect --bag` writes and
 `config/ingest/arm_reach.yaml` splits on, so `offrl-robot record` of the sim ingests like a
 collected log (and `record --episodes N` counts these markers).
@@ -15,11 +16,23 @@ runs five times faster than real time and everything on `/clock` stays consisten
 older than `cmd_timeout` seconds of *simulated* time is dropped and the hold control applied (zero
 velocity for ArmReach; a position servo holds its joint where it is: sim_backend.py), as a real
 drive would do when its controller goes silent.
+
+`model:` may be a task file (config/tasks/NAME.yaml): a user's arm then gets a goal on `/goal`,
+task metrics on `~/metrics`, and `/cmd` carries the task's actions (its `actuators`, in order).
+
+`lockstep: true` (recording demonstrations from a scripted controller, e.g. `offrl-robot expert`)
+steps once per `/cmd` that answers the state just published, as fast as the controller answers,
+so every logged command was computed from the state it is applied to, whatever the machine's
+load; an answer to an older state is stored, not stepped on. The last state of an auto-reset
+episode is not published (the next state to answer is the new episode's first), and the timer
+steps with the hold control only when no answer came for `lockstep_timeout` s of wall time (long:
+a controller that answers after such a step has its answer applied to the newer state).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,19 +50,29 @@ from std_msgs.msg import Float64MultiArray, Int32, MultiArrayDimension
 from std_srvs.srv import Trigger
 
 from offrl_robot.errors import OffrlError
-from offrl_robot.ros.process import init_ros, wants_help
+from offrl_robot.ros.process import init_ros, interrupted, wants_help
 from offrl_robot.ros.process import usage as process_usage
 from offrl_robot.ros.sim_backend import METRIC_NAMES, SimBackend, make_backend
 
 NODE_NAME = "sim_node"
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model": ("ArmReach-v0", "task id (ArmReach-v0) or path to any MJCF file with actuators"),
+    "model": (
+        "ArmReach-v0",
+        "task (ArmReach-v0, a task file config/tasks/NAME.yaml, an installed task) or any MJCF file with actuators",
+    ),
     "control_rate_hz": (0.0, "0 = the task's rate (50 Hz for a bare MJCF)"),
     "real_time_factor": (1.0, "simulated seconds per wall second (e.g. 5.0 = 5x faster)"),
     "publish_clock": (True, "publish /clock for nodes running with use_sim_time"),
     "cmd_timeout": (0.1, "seconds of simulated time after which a /cmd is stale -> hold control"),
     "seed": (0, "seed of the first episode (episode k uses seed + k)"),
+    "episode_steps": (0, "a new episode every N ticks (0 = only on ~/reset)"),
+    "lockstep": (
+        False,
+        "step on each /cmd answering the state just published, as fast as the controller answers "
+        "(recording demonstrations); the timer steps only after lockstep_timeout without one",
+    ),
+    "lockstep_timeout": (1.0, "lockstep: wall seconds without an answer before the timer steps (hold)"),
     "goal": (None, "fixed goal [x, y, z] (m) for task models; unset = sampled from the seed"),
     "frame_id": ("base_link", "frame of the published goal"),
 }
@@ -81,6 +104,16 @@ class SimNode(Node):
         self._seed = int(p["seed"])
         self._episode = 0
         self._cmd_timeout = float(p["cmd_timeout"])
+        self._episode_steps = int(p["episode_steps"])
+        if self._episode_steps < 0:
+            raise OffrlError(f"sim_node parameter episode_steps must be >= 0, got {self._episode_steps}")
+        self._ticks_in_episode = 0
+        self._lockstep = bool(p["lockstep"])
+        self._answered = True  # lockstep: the last published state already got its command
+        self._last_step_wall = time.monotonic()
+        self._stall_s = float(p["lockstep_timeout"])
+        if self._stall_s <= 0:
+            raise OffrlError(f"sim_node parameter lockstep_timeout must be > 0, got {self._stall_s}")
         self._frame_id = str(p["frame_id"])
         self._clock_base = 0.0
         self._command: np.ndarray | None = None
@@ -108,10 +141,11 @@ class SimNode(Node):
         ]
         self._reset_episode()
         period = 1.0 / (self.backend.control_rate_hz * float(p["real_time_factor"]))
-        self._timer = self.create_timer(period, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._timer = self.create_timer(period, self._on_timer, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        pace = "in lockstep with /cmd" if self._lockstep else f"x{float(p['real_time_factor']):g} real time"
         self.get_logger().info(
             f"simulating {p['model']} ({len(self.backend.joint_names)} joints, {self.backend.num_commands} "
-            f"actuators) at {self.backend.control_rate_hz:g} Hz x{float(p['real_time_factor']):g} real time"
+            f"actuators) at {self.backend.control_rate_hz:g} Hz {pace}"
         )
 
     @property
@@ -125,9 +159,10 @@ class SimNode(Node):
         self.backend.reset(self._seed + self._episode)
         self._clock_base -= self.backend.sim_time
         self._command = None
-        # The marker first: a recorder counting episodes sees it before the new episode's data.
+        self._ticks_in_episode = 0
+        # The marker first: a recorder counting episodes sees it before the new episode's data;
+        # then the goal, so a controller has it when the episode's first state arrives.
         self._episode_pub.publish(Int32(data=self._episode))
-        self._publish_state()
         goal = self.backend.goal()
         if goal is not None:
             msg = PointStamped()
@@ -135,6 +170,7 @@ class SimNode(Node):
             msg.header.frame_id = self._frame_id
             msg.point.x, msg.point.y, msg.point.z = (float(v) for v in goal)
             self._goal_pub.publish(msg)
+        self._publish_state()
 
     def _on_cmd(self, msg: Float64MultiArray) -> None:
         values = np.asarray(msg.data, dtype=np.float64)
@@ -148,6 +184,9 @@ class SimNode(Node):
             return
         self._command = values
         self._command_time = self.clock
+        if self._lockstep and not self._answered:  # the answer to the state just published: step now
+            self._answered = True
+            self._tick()
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._episode += 1
@@ -156,13 +195,25 @@ class SimNode(Node):
         response.message = f"episode {self._episode} (seed {self._seed + self._episode})"
         return response
 
-    def _tick(self) -> None:
-        fresh = self._command is not None and self.clock - self._command_time <= self._cmd_timeout
+    def _on_timer(self) -> None:
+        if not self._lockstep:
+            self._tick()
+        elif time.monotonic() - self._last_step_wall > self._stall_s:
+            self._tick(hold=True)  # no controller answered: time goes on with the hold control
+
+    def _tick(self, hold: bool = False) -> None:
+        fresh = (
+            not hold and self._command is not None and self.clock - self._command_time <= self._cmd_timeout
+        )
         if not fresh:
             self.stale_steps += 1
         metrics = self.backend.step(self._command if fresh else None)
         self.steps += 1
-        self._publish_state()
+        self._last_step_wall = time.monotonic()
+        self._ticks_in_episode += 1
+        ending = bool(self._episode_steps) and self._ticks_in_episode >= self._episode_steps
+        if not (ending and self._lockstep):  # lockstep: the next state to answer is the new episode's
+            self._publish_state()
         values = (
             metrics.reward,
             metrics.success,
@@ -174,6 +225,9 @@ class SimNode(Node):
         self.last_metrics = dict(zip(METRIC_NAMES, values, strict=True))
         self._metrics_msg.data = [float(v) for v in values]
         self._metrics_pub.publish(self._metrics_msg)
+        if ending:
+            self._episode += 1  # the metrics above closed the episode; the next one starts now
+            self._reset_episode()
 
     def _publish_state(self) -> None:
         stamp = _time_msg(self.clock)
@@ -182,6 +236,7 @@ class SimNode(Node):
         msg.header.stamp = stamp
         msg.position, msg.velocity, msg.effort = position.tolist(), velocity.tolist(), effort.tolist()
         self._joint_pub.publish(msg)
+        self._answered = False
         # The state first, then the clock: a use_sim_time controller whose timer fires on this
         # clock tick then most likely computes from this state, not the previous one.
         if self._clock_pub is not None:
@@ -221,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
+    except RuntimeError:
+        if not interrupted():  # the interrupt landed inside rclpy: still a clean stop
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -13,6 +13,7 @@ MjData, so it works on any ArmReach observation — from the env, a bag, or a da
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -107,3 +108,92 @@ class GaussianNoise:
         if self.sigma > 0:
             action = action + self.rng.normal(0.0, self.sigma * (self.high - self.low))
         return np.clip(action, self.low, self.high)
+
+
+class ReachExpert:
+    """Scripted expert for a task file's reaching task: `expert(obs) -> command` of the task's kind.
+
+    The same damped-least-squares law as ArmReachExpert, on the task's goal site and joints: a
+    speed-capped Cartesian P-law toward the goal, J^T (J J^T + lambda^2 I)^-1, a null-space pull
+    toward the start pose, then uniform scaling into `max_joint_speed` (rate limit; keeps the
+    Cartesian direction). That joint velocity dq is then emitted as the task's command:
+
+    - velocity: dq itself (clipped to the limits);
+    - position: the target a position servo (force = kp (target - q) - kv qdot - damping qdot)
+      must be given to move at dq while holding the arm up: q + tau_bias / kp + (kv + damping) / kp * dq,
+      tau_bias being gravity (and passive) forces at q from the model. Without the bias term a
+      servo sags (2 cm on the ViperX at its home pose) and a stateless law never removes it.
+
+    A pure function of the observation (by name: `<joint>.position`, `goal.*`), on its own
+    MjData, so it runs on observations from the env, a log, or ROS messages.
+    """
+
+    def __init__(self, definition: Any) -> None:
+        from offrl_robot.errors import ConfigError
+        from offrl_robot.sim.task_file import compiled_task
+
+        task = compiled_task(definition)
+        if definition.command not in ("position", "velocity"):
+            raise ConfigError(
+                f"{definition.source}: the scripted expert emits position or velocity commands, not "
+                f"{definition.command}; collect with a policy of your own (an ONNX model) instead"
+            )
+        self.definition, self.task, self.spec = definition, task, definition.expert
+        self.model = task.model
+        self.data = mujoco.MjData(self.model)
+        names = task.observation_names
+        missing = [f"{j}.position" for j in definition.joints if f"{j}.position" not in names]
+        missing += [f"goal.{f}" for f in "xyz" if f"goal.{f}" not in names]
+        if missing:
+            raise ConfigError(f"{definition.source}: the scripted expert needs observations {missing}")
+        self.position_columns = np.array([names.index(f"{j}.position") for j in definition.joints])
+        self.goal_columns = np.array([names.index(f"goal.{f}") for f in "xyz"])
+        self.qpos_adr, self.dof_adr = task.joint_qpos, task.joint_dof
+        self.home = task.start_qpos[self.qpos_adr].copy()
+        self.low, self.high = task.action_low, task.action_high
+        # action k drives task joint index action_joint[k]
+        self.action_joint = np.array([int(np.flatnonzero(self.qpos_adr == adr)[0]) for adr in task.action_qpos])
+        kp = self.model.actuator_gainprm[task.actuator_ids, 0]
+        self.kp = kp
+        self.lead = (-self.model.actuator_biasprm[task.actuator_ids, 2] + self.model.dof_damping[task.action_dof]) / kp
+        # the servo's drive beyond the bias stays inside 80 % of its force limit: a saturated servo
+        # no longer damps (the xArm7's coaxial joint1/joint3 then spin against each other)
+        limited = self.model.actuator_forcelimited[task.actuator_ids].astype(bool)
+        span = np.min(np.abs(self.model.actuator_forcerange[task.actuator_ids]), axis=1)
+        self.max_drive = np.where(limited, 0.8 * span, np.inf)
+        self._jacp = np.zeros((3, self.model.nv))
+
+    def joint_velocity(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(q of the task joints, the DLS joint velocity toward the goal), with qpos set for `obs`."""
+        obs = np.asarray(obs, dtype=np.float64).reshape(-1)
+        spec, model, data = self.spec, self.model, self.data
+        q = obs[self.position_columns]
+        goal = obs[self.goal_columns]
+        data.qpos[:] = self.task.start_qpos
+        data.qpos[self.qpos_adr] = q
+        data.qvel[:] = 0.0
+        mujoco.mj_forward(model, data)  # kinematics, Jacobian inputs and the bias forces at rest
+        mujoco.mj_jacSite(model, data, self._jacp, None, self.task.site_id)
+        velocity = spec.gain * (goal - data.site_xpos[self.task.site_id])
+        speed = float(np.linalg.norm(velocity))
+        if speed > spec.max_speed:
+            velocity *= spec.max_speed / speed
+        jac = self._jacp[:, self.dof_adr]
+        jjt = jac @ jac.T + (spec.damping**2) * np.eye(3)
+        dq = jac.T @ np.linalg.solve(jjt, velocity)
+        pinv = jac.T @ np.linalg.solve(jjt, np.eye(3))
+        dq += (np.eye(len(q)) - pinv @ jac) @ (spec.posture_gain * (self.home - q))
+        fastest = float(np.max(np.abs(dq))) if dq.size else 0.0
+        if fastest > spec.max_joint_speed > 0:
+            dq *= spec.max_joint_speed / fastest
+        return q, dq
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        q, dq = self.joint_velocity(obs)
+        dq_action = dq[self.action_joint]
+        if self.definition.command == "velocity":
+            return np.clip(dq_action, self.low, self.high)
+        bias = self.data.qfrc_bias[self.task.action_dof]  # gravity at q (qvel = 0)
+        drive = np.clip(self.kp * self.lead * dq_action, -self.max_drive - bias, self.max_drive - bias)
+        target = q[self.action_joint] + (bias + drive) / self.kp
+        return np.clip(target, self.low, self.high)

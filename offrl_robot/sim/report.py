@@ -110,10 +110,9 @@ def plot_joints(result: ValidationResult, episode: int, path: Path) -> None:
     rows = max(1, math.ceil(n / cols))
     fig, axes = _figure(rows, cols, (4.0 * cols, 2.6 * rows))
     t = np.arange(trace.qpos.shape[0]) / result.control_rate_hz
-    margin = float(result.config.get("joint_limit_margin", 0.0))
     for j, name in enumerate(result.joint_names):
         ax = axes[j // cols][j % cols]
-        lo, hi = result.joint_low[j], result.joint_high[j]
+        lo, hi, margin = result.joint_low[j], result.joint_high[j], result.joint_margin[j]
         ax.plot(t, trace.qpos[:, result.joint_qpos_addresses[j]], color="#4c72b0")
         for bound in (lo, hi):
             ax.axhline(bound, color="#c44e52", linestyle="--", linewidth=1)
@@ -223,7 +222,9 @@ def _render_child(task: str, replay: Path, out: Path, frame_every: int) -> None:
     model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
     model.vis.global_.offheight = max(model.vis.global_.offheight, height)
     renderer = mujoco.Renderer(model, height=height, width=width)
-    camera: int | str = 0 if model.ncam else -1
+    # a task env names its view (a task file's: the model's free camera, which Menagerie scenes set
+    # up; a robot's first camera may be on its wrist); otherwise the model's first camera
+    camera: int | str = getattr(env.unwrapped, "render_camera", 0 if model.ncam else -1)
     frames = []
     try:
         with np.load(replay) as arrays:
@@ -441,7 +442,10 @@ def write_learning_curves_quietly(run_dir: str | os.PathLike[str]) -> list[Path]
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m offrl_robot.sim.report render TASK REPLAY.npz OUT.gif FRAME_EVERY` (render_video)."""
+    """`python -m offrl_robot.sim.report render TASK REPLAY.npz OUT.gif FRAME_EVERY` (render_video).
+
+    TASK is anything `offrl_robot.sim.tasks.resolve_task` accepts (the gate passes its canonical
+    name: an absolute path for a task file), so the child builds the very model the gate ran."""
     if len(argv) != 5 or argv[0] != "render":
         print(
             "usage: python -m offrl_robot.sim.report render TASK REPLAY.npz OUT.gif FRAME_EVERY",

@@ -1,20 +1,36 @@
-"""The task table: every task name the project accepts, and what each stage needs to know about it.
+"""The task table and resolver: every task the project accepts, and what each stage needs to know about it.
 
 Why a table and not `gym.make` everywhere: the trainer, the validation gate, dataset loading and
 the CLI all need names, bounds, control rate and reference returns *without* building an env
 (building one costs a MuJoCo compile); and one place maps user spellings (`ArmReach-v0`,
 `offrl_robot/ArmReach-v0`, `Hopper-v5`) to gymnasium ids, so an unknown name fails the same
 way everywhere.
+
+Besides the built-in table, a task can be data: a task file (`config/tasks/NAME.yaml`, see
+offrl_robot/sim/task_file.py), a task installed by a package (entry-point group
+`offrl_robot.tasks`), or a shipped task file by its NAME. `resolve_task` is the one resolver;
+`task_info` / `make_env` / the gate / collect / evaluation / the report's video renderer and
+sim_node all go through it, so a task file path works wherever a task name does.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
 from offrl_robot.errors import ConfigError
+from offrl_robot.sim.task_file import (
+    TASK_FILE_SUFFIXES,
+    TaskDefinition,
+    compiled_task,
+    load_task_file,
+    looks_like_task_file,
+)
 
 ARM_REACH_ID = "offrl_robot/ArmReach-v0"
 # Mean return of ArmReach-v0 over 100 episodes (env seeds 0..99, policy seed 0), measured with
@@ -47,6 +63,7 @@ class TaskInfo:
     is_arm_task: bool = False
     reward: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    definition: TaskDefinition | None = None  # the task file behind a task-file task
 
     def normalized_score(self, episode_return: float) -> float | None:
         """D4RL-style normalised score (0 = random, 100 = expert), or None without references."""
@@ -113,24 +130,149 @@ _GYM_TASKS: dict[str, TaskInfo] = {
 _ALIASES = {"ArmReach-v0": "ArmReach-v0", ARM_REACH_ID: "ArmReach-v0", "ArmReach": "ArmReach-v0"}
 
 
-def known_tasks() -> list[str]:
-    return ["ArmReach-v0", *_GYM_TASKS]
-
-
-def canonical_task(task: str) -> str:
-    """Map a user spelling to the table key; unknown names -> one-line ConfigError listing the known ones."""
+def _builtin(task: str) -> str | None:
+    """The table key of a built-in spelling (ArmReach, gymnasium tasks), or None."""
     if task in _ALIASES:
         return _ALIASES[task]
     if task in _GYM_TASKS:
         return task
     if task.startswith("gymnasium/") and task.split("/", 1)[1] in _GYM_TASKS:
         return task.split("/", 1)[1]
-    raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(known_tasks())}")
+    return None
+
+
+def shipped_task_files() -> dict[str, Path]:
+    """Task files shipped with the package (config/tasks/NAME.yaml), by NAME."""
+    from offrl_robot.paths import share_roots
+
+    found: dict[str, Path] = {}
+    for root in share_roots():
+        folder = root / "config" / "tasks"
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.suffix in TASK_FILE_SUFFIXES and path.is_file():
+                    found.setdefault(path.stem, path)
+    return found
+
+
+def known_tasks() -> list[str]:
+    """Every task name (built-in, shipped task file, installed entry point); any task file path works too."""
+    from offrl_robot.registry import task_entry_points
+
+    names = ["ArmReach-v0", *_GYM_TASKS, *shipped_task_files()]
+    names += [name for name in task_entry_points() if name not in names]
+    return names
+
+
+def _unknown(task: str) -> ConfigError:
+    return ConfigError(
+        f"unknown task {task!r}; known tasks: {', '.join(known_tasks())}, or a task file path "
+        "(config/tasks/NAME.yaml)"
+    )
+
+
+def resolve_task(task: str) -> tuple[str, TaskDefinition | None]:
+    """(canonical name, definition) of any accepted spelling; the one resolver every stage uses.
+
+    Accepted, in this order: a built-in name (`ArmReach-v0`, `offrl_robot/ArmReach-v0`,
+    `Hopper-v5`, ...); a task file path (`*.yaml`, relative to the working directory; its
+    canonical name is the absolute path, so a child process or a card finds it again); an
+    installed task (entry-point group `offrl_robot.tasks`); a shipped task file by name
+    (`vx300s_reach` = config/tasks/vx300s_reach.yaml). Unknown -> one-line ConfigError.
+    """
+    if not isinstance(task, str) or not task:
+        raise ConfigError(f"task must be a non-empty string, got {task!r}")
+    builtin = _builtin(task)
+    if builtin is not None:
+        return builtin, None
+    if looks_like_task_file(task) or Path(task).is_file():
+        path = Path(task).expanduser().resolve()
+        return str(path), _task_file(str(path))
+    from offrl_robot.registry import task_entry_points
+
+    if task in task_entry_points():
+        return task, _entry_point_task(task)
+    shipped = shipped_task_files()
+    if task in shipped:
+        return task, _task_file(str(shipped[task]))
+    raise _unknown(task)
+
+
+def _task_file(path: str) -> TaskDefinition:
+    """A task file, parsed and checked once per content (the cache key includes mtime and size)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        raise ConfigError(f"task file {path} not found; pass an existing config/tasks/NAME.yaml") from None
+    return _cached_task_file(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_task_file(path: str, mtime_ns: int, size: int) -> TaskDefinition:
+    return load_task_file(path)
+
+
+@functools.lru_cache(maxsize=32)
+def _entry_point_task(name: str) -> TaskDefinition:
+    from offrl_robot.registry import load_task_entry_point
+
+    value = load_task_entry_point(name)
+    if isinstance(value, TaskDefinition):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return _task_file(str(Path(value).resolve()))
+    raise ConfigError(
+        f"task {name!r} (entry-point group offrl_robot.tasks) gave {type(value).__name__}; it must name a "
+        "TaskDefinition, a task file path, or a function returning one"
+    )
+
+
+def portable_task_name(task: str) -> str:
+    """`task` as it should be recorded (dataset, card): a task file path made absolute, any other
+    spelling unchanged (no MJCF is loaded)."""
+    if isinstance(task, str) and looks_like_task_file(task):
+        return str(Path(task).expanduser().resolve())
+    return task
+
+
+def canonical_task(task: str) -> str:
+    """Map a user spelling to its canonical name; unknown names -> one-line ConfigError listing the known ones."""
+    return resolve_task(task)[0]
+
+
+def task_definition(task: str) -> TaskDefinition | None:
+    """The task file behind `task` (None for the built-in tasks)."""
+    return resolve_task(task)[1]
+
+
+def _definition_info(name: str, definition: TaskDefinition) -> TaskInfo:
+    compiled = compiled_task(definition)
+    return TaskInfo(
+        name=name,
+        env_id=name,
+        observation_names=compiled.observation_names,
+        action_names=compiled.action_names,
+        action_low=tuple(float(v) for v in compiled.action_low),
+        action_high=tuple(float(v) for v in compiled.action_high),
+        control_rate_hz=1.0 / compiled.dt,
+        max_episode_steps=definition.episode_steps,
+        is_arm_task=True,
+        reward=definition.reward,
+        extra={
+            "success": definition.success,
+            "success_distance_m": definition.goal.success_distance_m,
+            "command": definition.command,
+            "mjcf": definition.mjcf,
+        },
+        definition=definition,
+    )
 
 
 def task_info(task: str) -> TaskInfo:
     """Static facts (names, bounds, rate, references) about a task, without building its env."""
-    name = canonical_task(task)
+    name, definition = resolve_task(task)
+    if definition is not None:
+        return _definition_info(name, definition)
     return _arm_reach() if name == "ArmReach-v0" else _GYM_TASKS[name]
 
 
@@ -147,12 +289,17 @@ def register_arm_reach() -> None:
 
 
 def make_env(task: str, **kwargs: Any) -> gym.Env:
-    """Build a task's env by any accepted name (`ArmReach-v0`, `offrl_robot/ArmReach-v0`, `Hopper-v5`, ...).
+    """Build a task's env by any accepted name (`ArmReach-v0`, `Hopper-v5`, a task file, ...).
 
-    Returns the gymnasium-wrapped env (TimeLimit etc.); our extra attributes (`set_goal`,
-    `joint_names`, ...) live on `env.unwrapped`.
+    Returns the gymnasium-wrapped env (TimeLimit etc.) for the built-in tasks and the bare
+    `MjcfReachEnv` for a task file (it truncates at its own episode_steps); our extra attributes
+    (`set_goal`, `joint_names`, ...) live on `env.unwrapped` either way.
     """
     info = task_info(task)
+    if info.definition is not None:
+        from offrl_robot.sim.mjcf_reach import MjcfReachEnv
+
+        return MjcfReachEnv(info.definition, **kwargs)
     if info.env_id == ARM_REACH_ID:
         register_arm_reach()
     return gym.make(info.env_id, **kwargs)

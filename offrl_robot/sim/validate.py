@@ -151,7 +151,7 @@ class GateConfig:
     episodes: int = 20
     seed: int = 0
     count_blend_in: bool = False
-    joint_limit_margin: float = 0.02
+    joint_limit_margin_fraction: float = 0.005
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
     source: str = "validation config"
 
@@ -217,9 +217,15 @@ def load_gate_config(path: str | Path | None = None) -> GateConfig:
         "thresholds",
         "safety",
         "count_blend_in",
-        "joint_limit_margin",
+        "joint_limit_margin_fraction",
         "randomization",
     }
+    if "joint_limit_margin" in data:
+        raise ConfigError(
+            f"{src}: joint_limit_margin (an absolute rad/m margin) was replaced by joint_limit_margin_fraction, "
+            "a fraction of each joint's range (a 36 mm finger slide and a 6 rad wrist get proportional "
+            "margins); e.g. joint_limit_margin_fraction: 0.005"
+        )
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{src}: unknown keys {unknown}; expected some of {sorted(known)}")
@@ -250,9 +256,12 @@ def load_gate_config(path: str | Path | None = None) -> GateConfig:
     count_blend = data.get("count_blend_in", False)
     if not isinstance(count_blend, bool):
         raise ConfigError(f"{src}: count_blend_in must be true or false, got {count_blend!r}")
-    margin = data.get("joint_limit_margin", 0.02)
-    if not _is_number(margin) or margin < 0:
-        raise ConfigError(f"{src}: joint_limit_margin must be a number >= 0, got {margin!r}")
+    margin = data.get("joint_limit_margin_fraction", 0.005)
+    if not _is_number(margin) or not 0 <= margin < 0.5:
+        raise ConfigError(
+            f"{src}: joint_limit_margin_fraction must be a number in [0, 0.5) (a fraction of each joint's range), "
+            f"got {margin!r}"
+        )
     raw_random = data.get("randomization") or {}
     if not isinstance(raw_random, dict):
         raise ConfigError(f"{src}: randomization must be a mapping")
@@ -270,7 +279,7 @@ def load_gate_config(path: str | Path | None = None) -> GateConfig:
         episodes=episodes,
         seed=seed,
         count_blend_in=count_blend,
-        joint_limit_margin=float(margin),
+        joint_limit_margin_fraction=float(margin),
         randomization=randomization,
         source=src,
     )
@@ -414,6 +423,7 @@ class ValidationResult:
     joint_qpos_addresses: list[int]
     joint_low: list[float]
     joint_high: list[float]
+    joint_margin: list[float]
     action_names: list[str]
     action_low: list[float]
     action_high: list[float]
@@ -448,6 +458,7 @@ class ValidationResult:
                 "names": self.joint_names,
                 "low": self.joint_low,
                 "high": self.joint_high,
+                "limit_margin": self.joint_margin,
             },
             "actions": {"names": self.action_names, "low": self.action_low, "high": self.action_high},
             "control_rate_hz": self.control_rate_hz,
@@ -510,7 +521,9 @@ def run_gate(
     counted_mask = sum(int(flag) for flag in Intervention if flag is not Intervention.NONE)
     if not config.count_blend_in:
         counted_mask &= ~_BLEND
-    margin = config.joint_limit_margin
+    # "near a limit" is relative to each joint's range: a 36 mm finger slide and a 6 rad wrist
+    # both get the same share (an absolute 0.02 would put the finger at a limit on every tick)
+    margin = config.joint_limit_margin_fraction * (joint_high - joint_low)
     stats: list[EpisodeStats] = []
     traces: list[EpisodeTrace] = []
     try:
@@ -627,6 +640,7 @@ def run_gate(
         joint_qpos_addresses=joint_adr.tolist(),
         joint_low=joint_low.tolist(),
         joint_high=joint_high.tolist(),
+        joint_margin=margin.tolist(),
         action_names=list(info.action_names),
         action_low=[float(v) for v in action_low],
         action_high=[float(v) for v in action_high],
