@@ -12,7 +12,7 @@ evaluated by its final evaluation; d3rlpy's same algorithm trains one seed per r
 defaults (batch 256, 256x256 nets, both are those libraries' defaults elsewhere) on the same
 arrays, with the same observation standardisation and action min-max scaling ours uses, and is
 evaluated by the SAME `offrl_robot.evaluation.evaluate` (same episodes, same start states).
-Reported: final success rate and return, mean ± std over seeds.
+Reported: final success rate and return, mean ± sample std (ddof = 1) over seeds.
 
     .venv/bin/python benchmarks/quality.py --algos bc,iql,td3bc   # CPU-sized defaults
     python3 benchmarks/quality.py --device cuda --steps 20000 --workers 4   # GPU machine
@@ -271,10 +271,13 @@ def _parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
 
 # ------------------------------------------------------------------------------------ table
 def _mean_std(values: list[float | None]) -> str:
+    """mean ± sample std (ddof = 1, `offrl_robot.stats`: tables before 2026-12-04 printed ddof = 0)."""
+    from offrl_robot.stats import sample_std
+
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
-    return f"{np.mean(vals):.2f} ± {np.std(vals):.2f}"
+    return f"{np.mean(vals):.2f} ± {sample_std(vals):.2f}"
 
 
 def main() -> int:
