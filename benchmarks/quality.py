@@ -154,11 +154,6 @@ def _train_ours(job: Job, dataset: Any) -> list[dict[str, Any]]:
         values["precision"] = job.precision
     if job.algo_config:
         values["algo_config"] = dict(job.algo_config)
-        if any(
-            key.endswith("schedule_steps") or (key.endswith("schedule") and value != "none")
-            for key, value in job.algo_config
-        ):
-            values["accelerate"] = "none"  # a CUDA graph cannot follow an LR schedule
     with tempfile.TemporaryDirectory() as tmp:
         summary = Trainer(TrainConfig(**values), dataset=dataset, run_dir=Path(tmp) / "run").fit()
     return [
