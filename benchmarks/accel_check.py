@@ -67,7 +67,8 @@ def train(
     torch.cuda.synchronize()
     state = {k: v.detach().cpu().clone() for k, v in algo.state_dict().items()}
     assert algo.num_updates == steps, (algo.num_updates, steps)
-    metrics["_actor_lr"] = torch.tensor(float(next(iter(algo.optimizers.values())).param_groups[0]["lr"]))
+    lr = float(next(iter(algo.optimizers.values())).param_groups[0]["lr"])
+    metrics["_actor_lr"] = torch.tensor(lr, dtype=torch.float64)
     return state, metrics
 
 
