@@ -42,7 +42,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # (shapes, seeds, state round trip, export) hold for any model weights. Fitting: test_mopo.py.
     "mopo": (
         "mopo",
-        {"dynamics": {"members": 2, "hidden_sizes": [16, 16]}, "rollout_length": 2, "model_buffer_size": 256},
+        {
+            "dynamics": {"members": 3, "hidden_sizes": [16, 16]},
+            "elites": 2,
+            "rollout_length": 2,
+            "model_buffer_size": 256,
+        },
     ),
 }
 # Modules held as one list entry per seed (MOPO's per-seed dynamics ensembles, `dynamics.i`),
