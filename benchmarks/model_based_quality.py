@@ -243,6 +243,9 @@ def main() -> int:
     )
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
     parser.add_argument(
+        "--hopper-datasets", default="random,medium", help="which of PREFIX-random/-medium to load"
+    )
+    parser.add_argument(
         "--mopo-variant",
         action="append",
         default=[],
@@ -274,7 +277,8 @@ def main() -> int:
         datasets = make_arm_datasets(args.episodes, args.medium_noise, seed=0) if arm else {}
         datasets = {name: data for name, data in datasets.items() if name in arm}
         if args.hopper_prefix:
-            datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root)
+            labels = tuple(d for d in args.hopper_datasets.split(",") if d)
+            datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root, labels)
         jobs = []
         for name, data in datasets.items():
             path = Path(tmp) / f"{name.replace(' ', '_')}.pkl"

@@ -85,13 +85,15 @@ def make_arm_datasets(episodes: int, medium_noise: float, seed: int) -> dict[str
     return {"ArmReach expert": expert, "ArmReach medium": medium, "ArmReach mixed": mixed.validate("mixed")}
 
 
-def load_hopper_datasets(prefix: str, root: str | None) -> dict[str, Any]:
+def load_hopper_datasets(
+    prefix: str, root: str | None, labels: tuple[str, ...] = ("random", "medium")
+) -> dict[str, Any]:
     """The Hopper-v5 random / medium datasets written by benchmarks/hopper_behaviour.py."""
     from offrl_robot.data.minari_io import load_dataset
     from offrl_robot.errors import OffrlError
 
     out = {}
-    for label in ("random", "medium"):
+    for label in labels:
         try:
             out[f"Hopper {label}"] = load_dataset(f"{prefix}-{label}-v0", root=root)
         except OffrlError as exc:

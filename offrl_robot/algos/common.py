@@ -100,11 +100,6 @@ class CosineLR:
         self.bind()
         return [self.position, self.lrs]
 
-    def last_lrs(self) -> list[float]:
-        """The rates the next step uses (host sync: for logs and tests)."""
-        self.bind()
-        return [float(v) for v in self.lrs[:, 0].tolist()]
-
     def state_dict(self) -> dict[str, Any]:
         return {"last_epoch": int(self.position.item()), "horizon": self.horizon, "base_lrs": self.base_lrs}
 
