@@ -5,7 +5,13 @@ replayed from `offrl_robot.accel` graphs (and `compile`), then the largest weigh
 the last metrics, and a second graph run to check run-to-run determinism. Also checks that the
 warm-up needed for capture left no trace (the first replay starts from the initial weights).
 
-    python3 benchmarks/accel_check.py --steps 50 --seeds 2
+IQL runs its default cosine actor-lr decay with a horizon of `--steps`, so the rate falls to 0
+within the check: a graph that froze the rate would end far from eager. The "lr schedule" table
+(`--schedule-steps`, on by default) checks the schedule itself under each mode (IQL default and
+BC with `lr_schedule: cosine`): the actor's rate after k updates against the cosine's value
+(float32 on CUDA: |rel err| <= 6e-8), and the weights against eager.
+
+    python3 benchmarks/accel_check.py --steps 50 --seeds 2 --trainer-steps 300
 """
 
 from __future__ import annotations
@@ -28,12 +34,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import ACT_DIM, OBS_DIM, OURS_OVERRIDES, synthetic_data  # noqa: E402
 
 
-def train(name: str, mode: str, steps: int, seeds: int, prioritized: bool) -> tuple[dict, dict]:
+def schedule_overrides(name: str, horizon: int) -> dict:
+    """The cosine lr decay over `horizon` updates: IQL's default, BC's `lr_schedule: cosine`."""
+    key = {"iql": "actor_lr_schedule_steps", "bc": "lr_schedule_steps"}.get(name)
+    return {key: horizon} if key else {}
+
+
+def train(
+    name: str, mode: str, steps: int, seeds: int, prioritized: bool, overrides: dict | None = None
+) -> tuple[dict, dict]:
     device = torch.device("cuda")
     torch.manual_seed(0)
     torch.cuda.manual_seed(0)
     cls = REGISTRY[name]
-    algo = cls(OBS_DIM, ACT_DIM, seeds, cls.config_class(**OURS_OVERRIDES[name]), seeds=list(range(seeds)))
+    values = dict(OURS_OVERRIDES[name])
+    values |= schedule_overrides(name, steps) if name == "iql" else {}  # IQL's default: decays
+    values |= overrides or {}
+    algo = cls(OBS_DIM, ACT_DIM, seeds, cls.config_class(**values), seeds=list(range(seeds)))
     algo = algo.to(device).train()
     arrays = synthetic_data(20_000)
     data = {k: torch.from_numpy(arrays[k]).to(device) for k in DATA_KEYS}
@@ -50,7 +67,37 @@ def train(name: str, mode: str, steps: int, seeds: int, prioritized: bool) -> tu
     torch.cuda.synchronize()
     state = {k: v.detach().cpu().clone() for k, v in algo.state_dict().items()}
     assert algo.num_updates == steps, (algo.num_updates, steps)
+    lr = float(next(iter(algo.optimizers.values())).param_groups[0]["lr"])
+    metrics["_actor_lr"] = torch.tensor(lr, dtype=torch.float64)
     return state, metrics
+
+
+def schedule_check(steps: int, seeds: int) -> None:
+    """The lr schedule under graph/compile: the rate after `steps` of a 2*steps cosine (half way:
+    base/2) and the weights against eager, for IQL (default) and BC (`lr_schedule: cosine`)."""
+    import math
+
+    print("\n| lr schedule | mode | actor lr after k | cosine(k) | rel err | max abs dW vs eager |")
+    print("|---|---|---|---|---|---|")
+    for name in ("iql", "bc"):
+        overrides = schedule_overrides(name, 2 * steps)
+        base = 3e-4
+        want = base * 0.5 * (1.0 + math.cos(math.pi * steps / (2 * steps)))
+        ref, ref_metrics = train(name, "none", steps, seeds, False, overrides)
+        rows = [("none", ref, ref_metrics)]
+        for mode in ("graph", "compile"):
+            try:
+                state, metrics = train(name, mode, steps, seeds, False, overrides)
+                rows.append((mode, state, metrics))
+            except Exception as exc:
+                print(f"| {name} | {mode} | FAILED {type(exc).__name__}: {str(exc)[:200]} | | | |")
+        for mode, state, metrics in rows:
+            got = float(metrics["_actor_lr"])
+            print(
+                f"| {name} | {mode} | {got:.9e} | {want:.9e} | {abs(got - want) / want:.1e} | "
+                f"{max_diff(ref, state):.2e} |",
+                flush=True,
+            )
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -105,6 +152,7 @@ def main() -> int:
     parser.add_argument("--algos", default="bc,iql,td3bc,cql,bcq")
     parser.add_argument("--modes", default="graph,compile")
     parser.add_argument("--trainer-steps", type=int, default=0, help="also check the Trainer (0 = skip)")
+    parser.add_argument("--schedule-steps", type=int, default=50, help="lr-schedule check length (0 = skip)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -119,7 +167,7 @@ def main() -> int:
                 try:
                     a, metrics = train(name, mode, args.steps, args.seeds, prioritized)
                     b, _ = train(name, mode, args.steps, args.seeds, prioritized)
-                    finite = all(torch.isfinite(v).all().item() for v in metrics.values())
+                    finite = all(torch.isfinite(v).all().item() for k, v in metrics.items() if k[0] != "_")
                     print(
                         f"| {name} | {mode} | {prioritized} | {max_diff(ref, a):.2e} | {max_diff(a, b):.2e} | {finite} |",
                         flush=True,
@@ -128,6 +176,8 @@ def main() -> int:
                     print(
                         f"| {name} | {mode} | {prioritized} | FAILED {type(exc).__name__}: {str(exc)[:200]} | | |"
                     )
+    if args.schedule_steps:
+        schedule_check(args.schedule_steps, args.seeds)
     if args.trainer_steps:
         trainer_check(args.trainer_steps)
     return 0

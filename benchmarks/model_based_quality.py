@@ -12,8 +12,10 @@ Methods, one job (one process) per method x dataset x seed:
         config/dynamics/arm_reach.yaml planner (named reward `arm_reach_reward`); other tasks
         run MPPI 256 x 10 on the ensemble's learned reward head (Hopper has no named reward).
         No policy updates; the planner's seed is the job's seed.
-  mopo  `Trainer` with algo mopo: fits its own ensemble (same shape, same --dynamics-steps),
-        then --steps SAC updates on penalised model rollouts.
+  mopo  `Trainer` with algo mopo: fits its own ensemble (same layers and --dynamics-steps, 7
+        members of which the 5 best on held-out data are the elites, as in the MOPO paper), then
+        --steps SAC updates on penalised model rollouts that end at the task's terminal states
+        (Hopper falls). `--mopo-variant key=value;...` adds rows of MOPO with other settings.
   cql, iql  `Trainer`, --steps updates (the same number as MOPO).
 Every method is evaluated by `offrl_robot.evaluation.evaluate` on the same episodes (start
 states seeded from --eval-seed); MPC's warm start is reset before each episode. Reported: mean
@@ -50,7 +52,13 @@ for folder in (ROOT, ROOT / "benchmarks"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from quality import _mean_std, _pin_worker_gpu, load_hopper_datasets, make_arm_datasets  # noqa: E402
+from quality import (  # noqa: E402
+    _mean_std,
+    _parse_variant,
+    _pin_worker_gpu,
+    load_hopper_datasets,
+    make_arm_datasets,
+)
 
 METHODS = ("mpc", "mopo", "cql", "iql")
 ARM_TASK = "ArmReach-v0"
@@ -73,6 +81,8 @@ class Job:
     device: str
     accelerate: str
     eval_episodes: int
+    algo_config: tuple[tuple[str, Any], ...] = ()  # a --mopo-variant's settings
+    label: str = ""  # the table column of a --mopo-variant ("" = the method's name)
 
 
 def dynamics_settings() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -111,7 +121,8 @@ def _policy(job: Job, dataset: Any, tmp: Path) -> Any:
     accelerate = job.accelerate
     if job.method == "mopo":
         ensemble, _ = dynamics_settings()
-        algo_config |= {"dynamics": ensemble, "dynamics_steps": job.dynamics_steps}
+        algo_config |= {"dynamics": ensemble | {"members": 7}, "dynamics_steps": job.dynamics_steps}
+        algo_config |= dict(job.algo_config)
         accelerate = "none"  # MOPO's rollout schedule is host-side state (see algos/mopo.py)
     config = TrainConfig(
         algo=job.method,
@@ -198,7 +209,7 @@ def table(rows: list[dict[str, Any]], methods: list[str], datasets: list[str]) -
     for name in datasets:
         cells = []
         for method in methods:
-            mine = [r for r in rows if r["dataset"] == name and r["method"] == method]
+            mine = [r for r in rows if r["dataset"] == name and (r.get("label") or r["method"]) == method]
             cells.append(_mean_std([r["success_rate"] for r in mine]) if mine else "not run")
             cells.append(_mean_std([r["mean_return"] for r in mine]) if mine else "not run")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -231,11 +242,22 @@ def main() -> int:
         "--hopper-prefix", help="also the Hopper-v5 datasets PREFIX-random/-medium (hopper_behaviour.py)"
     )
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
+    parser.add_argument(
+        "--hopper-datasets", default="random,medium", help="which of PREFIX-random/-medium to load"
+    )
+    parser.add_argument(
+        "--mopo-variant",
+        action="append",
+        default=[],
+        help="extra MOPO rows with other settings, e.g. 'termination=none' or 'uncertainty=aleatoric' "
+        "(repeatable; key=value[;key=value], values parsed as YAML)",
+    )
     parser.add_argument("--json", type=Path, help="also write every job's result here")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     if unknown := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown --methods {unknown}; choose from {','.join(METHODS)}")
+    variants = [(f"mopo {text}", _parse_variant(f"mopo:{text}")[1]) for text in args.mopo_variant]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arm = [f"ArmReach {d}" for d in args.arm_datasets.split(",") if d]
 
@@ -255,14 +277,16 @@ def main() -> int:
         datasets = make_arm_datasets(args.episodes, args.medium_noise, seed=0) if arm else {}
         datasets = {name: data for name, data in datasets.items() if name in arm}
         if args.hopper_prefix:
-            datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root)
+            labels = tuple(d for d in args.hopper_datasets.split(",") if d)
+            datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root, labels)
         jobs = []
         for name, data in datasets.items():
             path = Path(tmp) / f"{name.replace(' ', '_')}.pkl"
             path.write_bytes(pickle.dumps(data))
             print(f"# {name}: {len(data)} transitions, {data.num_episodes} episodes", flush=True)
             task = data.metadata.task or ARM_TASK
-            for method in methods:
+            runs = [(m, "", ()) for m in methods] + [("mopo", label, o) for label, o in variants]
+            for method, label, overrides in runs:
                 jobs += [
                     Job(
                         method,
@@ -276,6 +300,8 @@ def main() -> int:
                         args.device,
                         args.accelerate,
                         args.eval_episodes,
+                        overrides,
+                        label,
                     )
                     for seed in seeds
                 ]
@@ -295,11 +321,11 @@ def main() -> int:
                 row = future.result()
                 rows.append(row)
                 print(
-                    f"# done {row['method']} {row['dataset']} seed {row['seed']}: success "
+                    f"# done {row['label'] or row['method']} {row['dataset']} seed {row['seed']}: success "
                     f"{row['success_rate']}, return {row['mean_return']:.2f} ({row['seconds']} s)",
                     flush=True,
                 )
-    print(table(rows, methods, list(datasets)))
+    print(table(rows, methods + [label for label, _ in variants], list(datasets)))
     if args.json:
         args.json.write_text(
             json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2)

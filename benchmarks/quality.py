@@ -12,7 +12,7 @@ evaluated by its final evaluation; d3rlpy's same algorithm trains one seed per r
 defaults (batch 256, 256x256 nets, both are those libraries' defaults elsewhere) on the same
 arrays, with the same observation standardisation and action min-max scaling ours uses, and is
 evaluated by the SAME `offrl_robot.evaluation.evaluate` (same episodes, same start states).
-Reported: final success rate and return, mean ± std over seeds.
+Reported: final success rate and return, mean ± sample std (ddof = 1) over seeds.
 
     .venv/bin/python benchmarks/quality.py --algos bc,iql,td3bc   # CPU-sized defaults
     python3 benchmarks/quality.py --device cuda --steps 20000 --workers 4   # GPU machine
@@ -85,13 +85,15 @@ def make_arm_datasets(episodes: int, medium_noise: float, seed: int) -> dict[str
     return {"ArmReach expert": expert, "ArmReach medium": medium, "ArmReach mixed": mixed.validate("mixed")}
 
 
-def load_hopper_datasets(prefix: str, root: str | None) -> dict[str, Any]:
+def load_hopper_datasets(
+    prefix: str, root: str | None, labels: tuple[str, ...] = ("random", "medium")
+) -> dict[str, Any]:
     """The Hopper-v5 random / medium datasets written by benchmarks/hopper_behaviour.py."""
     from offrl_robot.data.minari_io import load_dataset
     from offrl_robot.errors import OffrlError
 
     out = {}
-    for label in ("random", "medium"):
+    for label in labels:
         try:
             out[f"Hopper {label}"] = load_dataset(f"{prefix}-{label}-v0", root=root)
         except OffrlError as exc:
@@ -154,11 +156,6 @@ def _train_ours(job: Job, dataset: Any) -> list[dict[str, Any]]:
         values["precision"] = job.precision
     if job.algo_config:
         values["algo_config"] = dict(job.algo_config)
-        if any(
-            key.endswith("schedule_steps") or (key.endswith("schedule") and value != "none")
-            for key, value in job.algo_config
-        ):
-            values["accelerate"] = "none"  # a CUDA graph cannot follow an LR schedule
     with tempfile.TemporaryDirectory() as tmp:
         summary = Trainer(TrainConfig(**values), dataset=dataset, run_dir=Path(tmp) / "run").fit()
     return [
@@ -271,10 +268,13 @@ def _parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
 
 # ------------------------------------------------------------------------------------ table
 def _mean_std(values: list[float | None]) -> str:
+    """mean ± sample std (ddof = 1, `offrl_robot.stats`: tables before 2026-12-04 printed ddof = 0)."""
+    from offrl_robot.stats import sample_std
+
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
-    return f"{np.mean(vals):.2f} ± {np.std(vals):.2f}"
+    return f"{np.mean(vals):.2f} ± {sample_std(vals):.2f}"
 
 
 def main() -> int:

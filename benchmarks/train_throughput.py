@@ -58,7 +58,9 @@ EPISODE_LENGTH = 1000
 # Cost-relevant hyper-parameters, equal on both sides (see the module docstring).
 OURS_OVERRIDES: dict[str, dict[str, Any]] = {
     "bc": {"loss": "mse"},
-    "iql": {},
+    # IQL's default cosine actor-lr decay (a device tensor advanced by each step): its length only
+    # sets the values, not the cost; 1M updates, CORL's run length.
+    "iql": {"actor_lr_schedule_steps": 1_000_000},
     "td3bc": {"policy_freq": 2},
     "cql": {"num_sampled_actions": 10, "lagrange": False},
     "bcq": {"num_target_samples": 10, "vae_hidden_sizes": BCQ_VAE_HIDDEN},

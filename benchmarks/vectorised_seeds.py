@@ -22,6 +22,7 @@ import torch
 
 import offrl_robot.algos  # noqa: F401
 from offrl_robot.data.collect import collect
+from offrl_robot.stats import sample_std
 from offrl_robot.train import TrainConfig, Trainer
 
 
@@ -109,8 +110,9 @@ def main() -> int:
     for algo, pairs in by_algo.items():
         single_scores, vec_scores = np.array(pairs).T
         print(
-            f"{algo}: score mean±std over seeds: single runs {single_scores.mean():.1f}±{single_scores.std():.1f}, "
-            f"vectorised {vec_scores.mean():.1f}±{vec_scores.std():.1f}"
+            f"{algo}: score mean±std (ddof=1) over seeds: single runs "
+            f"{single_scores.mean():.1f}±{sample_std(single_scores):.1f}, "
+            f"vectorised {vec_scores.mean():.1f}±{sample_std(vec_scores):.1f}"
         )
     return 0
 

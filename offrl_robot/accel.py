@@ -31,9 +31,10 @@ How the capture stays exact:
   * Graph outputs (metrics, td_error) are static buffers overwritten by the next replay: the
     Trainer consumes them before the next step, as it already must with the sampler's indices.
 
-Not supported in a graph or compiled update: an LR schedule (its Python-side lr would be frozen
-into the capture, or recompiled every step): `graph`/`compile` refuse it with a ConfigError
-instead of training with the wrong lr (`graph` on the CPU falls back to eager and keeps it).
+  * Learning-rate schedules are device tensors (`offrl_robot.algos.common.CosineLR`): the rate
+    and its update counter are updated in place by the step itself, so a replayed graph follows
+    the decay (a Python-float rate would be frozen into the capture). They are part of the
+    snapshot the warm-up is undone from.
 """
 
 from __future__ import annotations
@@ -130,14 +131,6 @@ class EagerStep:
             return indices, self._update(gather_batch(self.data, indices, weights))
 
 
-def _refuse_schedules(algo: Algorithm, mode: str) -> None:
-    if getattr(algo, "schedulers", None):
-        raise ConfigError(
-            f"accelerate: {mode} cannot follow the LR schedule of {algo.name}; "
-            "set accelerate: none (or drop the schedule: lr_schedule / actor_lr_schedule: none)"
-        )
-
-
 def compile_update(algo: Algorithm) -> Callable[[Batch], UpdateOutput]:
     """`algo.update` through torch.compile. The update counter is a Python int on the module:
     dynamo treats it as a symbolic int instead of recompiling for each of its values (periodic
@@ -157,7 +150,6 @@ class CompiledCPUStep(EagerStep):
     mode = "compile"
 
     def __init__(self, algo: Algorithm, sampler: Any, data: Mapping[str, Tensor]) -> None:
-        _refuse_schedules(algo, "compile")
         super().__init__(algo, sampler, data)  # fp32: the CPU has no other precision
         self._update = compile_update(algo)
 
@@ -180,6 +172,9 @@ class _LearningState:
                         }
         self.num_updates = getattr(algo, "num_updates", 0)
         self.rng = [g.get_state() for g in generators]
+        # LR schedules: their counter and current rates (on the device from here on: `bind`).
+        self.schedules = list(getattr(algo, "schedulers", {}).values())
+        self.schedule_state = [[t.detach().clone() for t in s.state_tensors()] for s in self.schedules]
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -201,6 +196,9 @@ class _LearningState:
                             v.zero_()
                         else:
                             v.copy_(saved[k])
+        for schedule, saved in zip(self.schedules, self.schedule_state, strict=True):
+            for tensor, value in zip(schedule.state_tensors(), saved, strict=True):
+                tensor.copy_(value)
         if hasattr(self.algo, "num_updates"):
             self.algo.num_updates = self.num_updates
         for g, state in zip(self.generators, self.rng, strict=True):
@@ -223,7 +221,6 @@ class GraphStep:
         self.precision = precision
         if device.type != "cuda":
             raise ValueError("GraphStep needs the data on a CUDA device")
-        _refuse_schedules(algo, "a CUDA graph")
         self.algo, self.sampler, self.data = algo, sampler, data
         self.mode = "compile" if compiled else "graph"
         self.period = update_period(algo)

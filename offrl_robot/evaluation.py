@@ -21,11 +21,12 @@ import torch
 
 from offrl_robot.errors import ConfigError
 from offrl_robot.sim import TaskInfo, make_env, task_info
+from offrl_robot.stats import sample_std
 
 
 @dataclass
 class SeedEval:
-    """Evaluation of one seed over N episodes."""
+    """Evaluation of one seed over N episodes (std_return: sample std over the episodes)."""
 
     seed: int
     returns: list[float]
@@ -119,7 +120,7 @@ def evaluate(
                 seed=seed,
                 returns=returns[row].tolist(),
                 mean_return=float(returns[row].mean()),
-                std_return=float(returns[row].std()),
+                std_return=sample_std(returns[row]),
                 normalized_score=None if scores[0] is None else float(np.mean(scores)),
                 success_rate=float(successes[row].mean()) if facts.is_arm_task else None,
                 final_distance=float(final_distance[row].mean()) if facts.is_arm_task else None,
@@ -130,10 +131,11 @@ def evaluate(
 
 
 def aggregate(results: list[SeedEval]) -> dict[str, Any]:
-    """Across seeds: mean ± std of each seed's mean return / score / success rate / final distance."""
+    """Across seeds: mean ± sample std (ddof = 1, `offrl_robot.stats`) of each seed's mean return /
+    score / success rate / final distance (std 0.0 for a single seed)."""
     out: dict[str, Any] = {"per_seed": [r.to_dict() for r in results]}
     for key in ("mean_return", "normalized_score", "success_rate", "final_distance"):
         values = [getattr(r, key) for r in results if getattr(r, key) is not None]
         if values:
-            out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            out[key] = {"mean": float(np.mean(values)), "std": sample_std(values)}
     return out

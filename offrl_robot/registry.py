@@ -1,4 +1,5 @@
-"""Named reward and success functions, and installed tasks: the allow-lists a card or task file may name.
+"""Named reward, success and termination functions, and installed tasks: the allow-lists a card, task
+file or train config may name.
 
 A model card (and a task file) names its reward by a string. Resolving that string by importing
 an arbitrary `module:attr` would let whoever edits a card run code in the robot's process at
@@ -10,13 +11,20 @@ configure time, so names resolve only through this registry:
   `offrl_robot.success` (`[project.entry-points."offrl_robot.rewards"] my_arm =
   "my_pkg.rewards:my_arm_reward"`): installing a package is the act that puts a function on the
   allow-list;
-- functions registered in this process (`register_reward`, `register_success`).
+- functions registered in this process (`register_reward`, `register_success`,
+  `register_termination`).
 
 A reward is `fn(obs [N, O], act [N, A], next_obs [N, O]) -> [N]` and a success function the same
 with a boolean result, computed from logged data alone (so rosbag ingest, MPC planning and the
 sim all score transitions the same way). A function that needs to know the task (its MJCF for
 forward kinematics, which columns hold the goal) takes it as the keyword argument `task` (a
 `offrl_robot.sim.task_file.TaskDefinition`); `resolve_reward(name, task=...)` binds it.
+
+A termination function (`BUILTIN_TERMINATIONS`, group `offrl_robot.terminations`) has the reward's
+signature and returns a boolean [N]: True where `next_obs` ends the task (a true terminal, no
+bootstrapping: a fallen hopper), so model rollouts (MOPO) stop where the real task would. It works
+on numpy arrays and torch tensors alike (operators only), and is never imported from an
+unregistered `module:function`: a train config names it, and configs travel.
 
 Tasks defined in code live under the entry-point group `offrl_robot.tasks`: the entry point names
 a `TaskDefinition`, a path to a task YAML file, or a callable returning either
@@ -42,6 +50,8 @@ SuccessFunction = Callable[..., Any]
 REWARD_ENTRY_POINT_GROUP = "offrl_robot.rewards"
 SUCCESS_ENTRY_POINT_GROUP = "offrl_robot.success"
 TASK_ENTRY_POINT_GROUP = "offrl_robot.tasks"
+TERMINATION_ENTRY_POINT_GROUP = "offrl_robot.terminations"
+TerminationFunction = Callable[..., Any]
 
 # short name -> module:function of the rewards shipped with offrl_robot
 BUILTIN_REWARDS: dict[str, str] = {
@@ -54,10 +64,18 @@ BUILTIN_REWARDS: dict[str, str] = {
 BUILTIN_SUCCESS: dict[str, str] = {
     "reach": "offrl_robot.sim.mjcf_reach:reach_success",
 }
+# short name -> module:function of the termination rules shipped with offrl_robot (gymnasium's
+# `is_healthy` of the v5 locomotion tasks, on observations); `offrl_robot.sim.tasks` names each
+# task's rule
+BUILTIN_TERMINATIONS: dict[str, str] = {
+    "hopper": "offrl_robot.sim.terminations:hopper_terminated",
+    "walker2d": "offrl_robot.sim.terminations:walker2d_terminated",
+}
 
 
 class _Registry:
-    """One allow-list (rewards or success functions): built-ins, entry points, in-process names."""
+    """One allow-list (rewards, success or termination functions): built-ins, entry points,
+    in-process names."""
 
     def __init__(self, kind: str, builtins: dict[str, str], group: str) -> None:
         self.kind, self.builtins, self.group = kind, builtins, group
@@ -126,6 +144,7 @@ class _Registry:
 
 _REWARDS = _Registry("reward", BUILTIN_REWARDS, REWARD_ENTRY_POINT_GROUP)
 _SUCCESS = _Registry("success", BUILTIN_SUCCESS, SUCCESS_ENTRY_POINT_GROUP)
+_TERMINATIONS = _Registry("termination", BUILTIN_TERMINATIONS, TERMINATION_ENTRY_POINT_GROUP)
 
 
 def needs_task(function: Callable[..., Any]) -> bool:
@@ -190,6 +209,22 @@ def resolve_success(name: str, task: Any = None) -> SuccessFunction:
 
 def is_registered_success(name: str) -> bool:
     return _SUCCESS.is_registered(name)
+
+
+def register_termination(name: str, function: TerminationFunction) -> None:
+    """Put a termination function on this process's allow-list under `name`."""
+    _TERMINATIONS.register(name, function)
+
+
+def registered_terminations() -> dict[str, str]:
+    """Every allowed termination name -> its `module:function` (built-ins first, then entry points)."""
+    return _TERMINATIONS.names()
+
+
+def resolve_termination(name: str) -> TerminationFunction:
+    """The termination function registered as `name` (one-line ConfigError otherwise); never an
+    unregistered `module:function`."""
+    return _TERMINATIONS.lookup(name, False)
 
 
 def task_entry_points() -> dict[str, str]:

@@ -15,6 +15,8 @@ draws exactly the indices a single-seed run with seed s draws.
   annealed linearly from β0 to 1 over the run. Priority updates recompute only the touched
   leaves' ancestors: O(B log N) per seed. **The one documented host sync of the training loop**
   is `update_priorities` reading the TD errors back to the host; uniform sampling has none.
+  New transitions enter at the current maximum priority (the paper's rule: a transition
+  without a TD error yet is sure to be replayed at least once soon), see `add_transitions`.
 
 State (trees, RNG states) goes into checkpoints via `state_dict()` so a resumed run draws the
 same indices an uninterrupted one would. All state values are tensors or plain Python values so
@@ -113,7 +115,9 @@ class PrioritizedSampler:
 
     Trees are 1-based heaps of size 2·C (C = next power of two ≥ N): node k has children 2k and
     2k+1, leaf i sits at C + i, padding leaves hold 0 (sum) / +inf (min) so they are never drawn.
-    Every transition starts at priority 1 (p^α = 1), i.e. uniform until TD errors arrive.
+    Every transition enters at the current maximum priority p^α (Schaul et al.: new transitions
+    have no TD error yet): 1 for the transitions given at construction, i.e. uniform until TD
+    errors arrive; `add_transitions` applies the same rule to transitions that come later.
     """
 
     def __init__(
@@ -174,6 +178,36 @@ class PrioritizedSampler:
         """Exact sampling probabilities P(i) [S, N] implied by the trees (for tests and logs)."""
         leaves = self.sum_tree[:, self.capacity : self.capacity + self.num_transitions]
         return leaves / self.sum_tree[:, 1:2]
+
+    def add_transitions(self, count: int) -> np.ndarray:
+        """Append `count` transitions (indices N..N+count-1, returned) at each seed's current
+        maximum priority, growing the trees when the capacity is reached; return their indices.
+
+        No training path calls this today: a run's dataset is fixed when its sampler is built
+        (the Trainer samples `len(dataset)` rows, and `--resume` refuses a dataset whose sha256
+        changed), and MOPO's model buffer is sampled uniformly (MOPO has no per-row TD error, so
+        prioritised replay is refused for it). It is the one way to grow a prioritised sampler,
+        so a growing dataset or buffer gets the paper's rule rather than priority 1.
+        """
+        if count < 1:
+            raise ValueError(f"add_transitions: count must be >= 1, got {count}")
+        old_n = self.num_transitions
+        new_n = old_n + int(count)
+        if new_n > self.capacity:
+            leaves = self.sum_tree[:, self.capacity : self.capacity + old_n].copy()
+            self.capacity = 1 << (new_n - 1).bit_length()
+            self.depth = self.capacity.bit_length() - 1
+            num_seeds = len(self.seeds)
+            self.sum_tree = np.zeros((num_seeds, 2 * self.capacity), dtype=np.float64)
+            self.min_tree = np.full((num_seeds, 2 * self.capacity), np.inf, dtype=np.float64)
+            self.sum_tree[:, self.capacity : self.capacity + old_n] = leaves
+            self.min_tree[:, self.capacity : self.capacity + old_n] = leaves
+            self._rebuild()
+        self.num_transitions = new_n
+        indices = np.arange(old_n, new_n)
+        rows = np.broadcast_to(indices, (len(self.seeds), count))
+        self.update_leaf_priorities(rows, np.broadcast_to(self.max_priority[:, None], rows.shape).copy())
+        return indices
 
     # ------------------------------------------------------------------ sampling
     def sample_numpy(self, step: int) -> tuple[np.ndarray, np.ndarray]:

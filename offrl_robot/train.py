@@ -448,16 +448,38 @@ class Trainer:
             )
         saved = state["config"]
         mine = self.config.to_dict()
-        changed = sorted(k for k in mine if k not in RESUME_MAY_CHANGE and saved.get(k) != mine[k])
+        # algo_config is compared resolved (below): `{}` and the defaults spelled out are one run.
+        changed = sorted(
+            k for k in mine if k not in RESUME_MAY_CHANGE | {"algo_config"} and saved.get(k) != mine[k]
+        )
         if changed:
             raise ConfigError(
                 f"--resume: config differs from the run's in {changed}; only {sorted(RESUME_MAY_CHANGE)} may change"
             )
+        self._check_resolved_algo_config(state["algo_config"])
         if state["step"] > self.config.steps:
             raise ConfigError(
                 f"--resume: checkpoint is at step {state['step']}, beyond steps={self.config.steps}; raise --steps"
             )
         return state
+
+    def _check_resolved_algo_config(self, saved: dict[str, Any]) -> None:
+        """Resume only with the hyper-parameters the run had, compared as resolved (every field,
+        defaults included): a changed value is refused, and so is the same `algo_config:` that
+        resolves differently because a default changed since the run started (IQL's
+        actor_lr_schedule became cosine on 2026-12-04); the message names what to write to keep
+        the run's values. Schedule lengths may differ (they follow `steps`); fields the run's
+        checkpoint does not have are newer than it and not compared."""
+        mine = _plain(asdict(self.algo_config))
+        horizons = set(getattr(self.algo_cls.config_class, "lr_schedules", {}).values())
+        differs = sorted(k for k in saved.keys() & mine.keys() if k not in horizons and saved[k] != mine[k])
+        if differs:
+            had = ", ".join(f"{k}: {saved[k]!r}" for k in differs)
+            now = ", ".join(f"{k}: {mine[k]!r}" for k in differs)
+            raise ConfigError(
+                f"--resume: the run was trained with algo_config {had}, this config resolves to {now} "
+                f"(changed, or a default changed since the run started); set {had} in algo_config to continue it"
+            )
 
     def _normaliser(self) -> tuple[np.ndarray, np.ndarray]:
         """Observation mean/std over the dataset (float64 sums, stored float32), std floored."""

@@ -30,8 +30,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bc-nll": ("bc", {"loss": "nll"}),
     "cql": ("cql", {}),
     "cql-lagrange": ("cql", {"lagrange": True}),
-    "iql": ("iql", {}),
-    "iql-deterministic": ("iql", {"deterministic_policy": True}),
+    # IQL's default decays the actor lr over the run (cosine), whose length only the Trainer
+    # knows: built directly, it is given here. "iql-cosine" ends its decay inside these tests.
+    "iql": ("iql", {"actor_lr_schedule_steps": 1000}),
+    "iql-constant": ("iql", {"actor_lr_schedule": "none"}),
+    "iql-deterministic": ("iql", {"deterministic_policy": True, "actor_lr_schedule_steps": 1000}),
     "iql-cosine": ("iql", {"actor_lr_schedule_steps": 4}),
     "td3bc": ("td3bc", {}),
     "bcq": ("bcq", {"vae_hidden_sizes": SMALL}),
@@ -39,7 +42,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # (shapes, seeds, state round trip, export) hold for any model weights. Fitting: test_mopo.py.
     "mopo": (
         "mopo",
-        {"dynamics": {"members": 2, "hidden_sizes": [16, 16]}, "rollout_length": 2, "model_buffer_size": 256},
+        {
+            "dynamics": {"members": 3, "hidden_sizes": [16, 16]},
+            "elites": 2,
+            "rollout_length": 2,
+            "model_buffer_size": 256,
+        },
     ),
 }
 # Modules held as one list entry per seed (MOPO's per-seed dynamics ensembles, `dynamics.i`),
@@ -498,5 +506,7 @@ def test_wrong_config_type_and_bad_options_are_rejected() -> None:
         make_algo("td3bc", 1, policy_freq=0)
     with pytest.raises(ConfigError, match=r"algo_config\.expectile"):
         make_algo("iql", 1, expectile=1.0)
+    with pytest.raises(ConfigError, match=r"actor_lr_schedule: cosine decays over the run's steps"):
+        REGISTRY["iql"](OBS, ACT, 1, REGISTRY["iql"].config_class())  # the default, with no run length
     with pytest.raises(ValueError, match="seed values"):
         make_algo("bc", 2, seeds=[1])

@@ -194,3 +194,96 @@ def test_resume_with_a_schedule_is_bit_identical_and_extending_stretches_it(
     state = load_checkpoint(list_checkpoints(short)[-2])  # step 30: the weights moved again
     assert state["step"] == 30
     assert any(not torch.equal(t, state["algo_state"][n]) for n, t in before.items() if t.is_floating_point())
+
+
+# ------------------------------------------------------------------ the schedule as a tensor (issue 17)
+def _iql_batch(step: int) -> Any:
+    from offrl_robot.algos import Batch
+
+    g = torch.Generator().manual_seed(step)
+    obs = torch.randn(2, 16, 4, generator=g)
+    return Batch(
+        obs,
+        torch.rand(2, 16, 2, generator=g) * 2 - 1,
+        torch.randn(2, 16, generator=g),
+        torch.randn(2, 16, 4, generator=g),
+        torch.zeros(2, 16),
+    )
+
+
+def test_tensor_lr_schedule_gives_the_float_schedules_numbers_on_cpu() -> None:
+    """The graph-compatible schedule (rates in a device tensor, advanced by the step itself)
+    against the float schedule LambdaLR used to set (base * cosine(k), a Python float written
+    into the param group before each step): the same weights, bit for bit, through the end of
+    the decay and past it."""
+    horizon = 12
+    cls = REGISTRY["iql"]
+    scheduled = cls(4, 2, 2, build_algo_config(cls, {"hidden_sizes": [16, 16], "actor_lr": LR}, 16, horizon))
+    floats = cls(
+        4,
+        2,
+        2,
+        build_algo_config(cls, {"hidden_sizes": [16, 16], "actor_lr": LR, "actor_lr_schedule": "none"}, 16),
+    )
+    floats.load_state_dict(scheduled.state_dict())
+    group = scheduled.optimizers["all"].param_groups[0]
+    lr_tensor = group["lr"]
+    assert torch.is_tensor(lr_tensor) and lr_tensor.dtype == torch.float64  # what the CPU kernel reads
+    for step in range(horizon + 3):
+        floats.optimizers["all"].param_groups[0]["lr"] = cosine(step, horizon)
+        torch.manual_seed(step)
+        scheduled.update(_iql_batch(step))
+        torch.manual_seed(step)
+        floats.update(_iql_batch(step))
+        assert group["lr"] is lr_tensor  # updated in place: a CUDA graph keeps reading this tensor
+        assert float(lr_tensor) == cosine(step + 1, horizon)
+    for name, value in floats.state_dict().items():
+        assert torch.equal(scheduled.state_dict()[name], value), name
+    assert [g["lr"] for g in scheduled.optimizers["all"].param_groups[1:]] == [3e-4, 3e-4]  # V, Q: constant
+
+
+def test_iql_decays_its_actor_lr_by_default(arm_data: Dataset, tmp_path: Path) -> None:
+    """No actor_lr_schedule in the config: IQL decays the actor's rate over the run (the authors'
+    and CORL's recipe), saved in the checkpoint as a plain float."""
+    Trainer(config(40, "iql"), dataset=arm_data, run_dir=tmp_path / "iql").fit()
+    lrs = lr_at_checkpoints(tmp_path / "iql", "all")
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(cosine(step, 40), abs=1e-12), step
+    state = load_checkpoint(list_checkpoints(tmp_path / "iql")[-1])
+    assert state["algo_config"]["actor_lr_schedule"] == "cosine"
+    assert isinstance(state["optimizer_state"]["optimizers"]["all"]["param_groups"][0]["lr"], float)
+
+
+def test_iql_default_resume_is_bit_identical(arm_data: Dataset, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    Trainer(config(40, "iql"), dataset=arm_data, run_dir=whole).fit()
+    broken = tmp_path / "broken"
+    with pytest.raises(Crash):
+        Trainer(config(40, "iql"), dataset=arm_data, run_dir=broken, on_checkpoint=_crash_at(20)).fit()
+    Trainer(config(40, "iql"), dataset=arm_data, run_dir=broken, resume=True).fit()
+    a, b = (load_checkpoint(list_checkpoints(run)[-1]) for run in (whole, broken))
+    for name, tensor in a["algo_state"].items():
+        assert torch.equal(tensor, b["algo_state"][name]), name
+    assert lr_at_checkpoints(whole, "all") == lr_at_checkpoints(broken, "all")
+
+
+def test_resuming_a_run_from_before_the_default_changed_is_refused_in_one_line(
+    arm_data: Dataset, tmp_path: Path
+) -> None:
+    """An IQL run started when the actor lr was constant by default has no actor_lr_schedule in
+    its config; resumed now, the same config would resolve to cosine. Refused, naming the fix;
+    with the fix it continues."""
+    run = tmp_path / "old"
+    Trainer(config(20, "iql", actor_lr_schedule="none"), dataset=arm_data, run_dir=run).fit()
+    for path in list_checkpoints(run):  # what the run looked like: no actor_lr_schedule key
+        state = torch.load(path, weights_only=True)
+        del state["config"]["algo_config"]["actor_lr_schedule"]
+        torch.save(state, path)
+    with pytest.raises(ConfigError) as err:
+        Trainer(config(40, "iql"), dataset=arm_data, run_dir=run, resume=True)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "actor_lr_schedule: 'none'" in message and "actor_lr_schedule: 'cosine'" in message
+    fixed = config(40, "iql", actor_lr_schedule="none")  # what the message says to write
+    assert Trainer(fixed, dataset=arm_data, run_dir=run, resume=True).fit()["resumed_from_step"] == 20
+    assert lr_at_checkpoints(run, "all")[40] == LR  # constant, as the run was

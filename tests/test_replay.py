@@ -137,6 +137,33 @@ def test_non_finite_td_error_gets_max_priority() -> None:
     assert np.isfinite(sampler.sum_tree).all()
 
 
+def test_new_transitions_enter_at_the_current_max_priority() -> None:
+    """Schaul et al.: a transition without a TD error yet gets the maximum priority seen so far
+    (per seed), so it is replayed soon. No training path grows a sampler today (the dataset of a
+    run is fixed, MOPO's model buffer is not prioritised): the rule is checked on the API."""
+    sampler = PrioritizedSampler(5, 4, [0, 1], alpha=1.0, eps=1e-9, total_steps=10)
+    sampler.update_priorities(
+        torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]),
+        torch.tensor([[7.0, 0.5, 2.0, 3.0], [0.2, 0.3, 0.4, 0.5]]),
+    )
+    np.testing.assert_allclose(sampler.max_priority, [7.0, 1.0])  # seed 1: the initial 1 is its max
+    new = sampler.add_transitions(6)  # 11 transitions > capacity 8: the trees grow
+    np.testing.assert_array_equal(new, np.arange(5, 11))
+    assert sampler.num_transitions == 11 and sampler.capacity == 16
+    leaves = sampler.sum_tree[:, sampler.capacity : sampler.capacity + 11]
+    np.testing.assert_allclose(leaves[:, 5:], [[7.0] * 6, [1.0] * 6])
+    np.testing.assert_allclose(leaves[0, :5], [7.0, 0.5, 2.0, 3.0, 1.0])  # old priorities kept
+    _check_tree(sampler)
+    probabilities = sampler.probabilities()
+    np.testing.assert_allclose(probabilities.sum(1), 1.0)
+    assert probabilities[0, 5:].min() == probabilities[0].max()  # the new ones are the most likely
+    idx, weights = sampler.sample(1)
+    assert int(idx.max()) <= 10 and torch.isfinite(weights).all()
+    grown = PrioritizedSampler(11, 4, [0, 1], alpha=1.0, eps=1e-9, total_steps=10)
+    grown.load_state_dict(sampler.state_dict())  # checkpoints hold the grown size
+    np.testing.assert_array_equal(grown.sum_tree, sampler.sum_tree)
+
+
 @pytest.mark.parametrize("prioritized", [False, True])
 def test_seed_streams_are_independent_of_the_other_seeds(prioritized: bool) -> None:
     """Seed 2 inside a vectorised sampler draws exactly what a single-seed sampler for 2 draws."""

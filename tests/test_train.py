@@ -155,6 +155,14 @@ def test_existing_run_needs_resume_and_missing_run_cannot_resume(arm_data: Datas
         Trainer(
             small_config(steps=60, batch_size=16), dataset=arm_data, run_dir=tmp_path / "run", resume=True
         )
+    # algo_config is compared resolved: a changed value is named; the defaults spelled out are not a change
+    changed = small_config(steps=60, algo_config={**SMALL, "learning_rate": 1e-3})
+    with pytest.raises(
+        ConfigError, match=r"trained with algo_config learning_rate: 0\.0003, .* learning_rate: 0\.001"
+    ):
+        Trainer(changed, dataset=arm_data, run_dir=tmp_path / "run", resume=True)
+    spelled_out = small_config(steps=60, algo_config={**SMALL, "learning_rate": 3e-4, "loss": "mse"})
+    assert Trainer(spelled_out, dataset=arm_data, run_dir=tmp_path / "run", resume=True).fit()["steps"] == 60
 
 
 # ------------------------------------------------------------------------------ a real run

@@ -212,6 +212,9 @@ def test_nan_actions_are_counted_replaced_by_the_safe_action_and_fail_the_gate()
     config = load_gate_config()
     result = run_gate(sometimes_nan, TASK, INFO.action_low, INFO.action_high, config, episodes=2, seed=0)
     assert result.metrics["nan_events"] == 6  # 300 ticks, every 50th
+    returns = [episode.episode_return for episode in result.per_episode]
+    assert returns[0] != returns[1]
+    assert result.metrics["return_std"] == pytest.approx(np.std(returns, ddof=1))  # the sample std
     assert result.metrics["interventions_bad_action"] == 6
     assert not result.passed
     assert any(f.startswith("nan_events = 6 > max 0") for f in result.failures)

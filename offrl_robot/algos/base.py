@@ -107,7 +107,8 @@ class AlgoConfig:
         if horizon is None and getattr(self, switch) == "cosine":
             raise ConfigError(
                 f"algo_config.{switch}: cosine decays over the run's steps, which only the Trainer "
-                f"knows; train through it (or set {self.lr_schedules[switch]} when building the algorithm directly)"
+                f"knows; train through it, or when building the algorithm directly set "
+                f"{self.lr_schedules[switch]} (or {switch}: none)"
             )
         return horizon
 

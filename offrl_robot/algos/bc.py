@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
-from offrl_robot.algos.common import EnsembleAlgorithm, cosine_decay, export_eval, make_adam
+from offrl_robot.algos.common import CosineLR, EnsembleAlgorithm, export_eval, make_adam
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import DeterministicActor, GaussianActor
 
@@ -76,9 +76,7 @@ class BC(EnsembleAlgorithm):
         )
         horizon = config.schedule_horizon("lr_schedule")
         if horizon:
-            self.schedulers["actor"] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers["actor"], cosine_decay(horizon)
-            )
+            self.schedulers["actor"] = CosineLR(self.optimizers["actor"], [0], horizon)
 
     def update(self, batch: Batch) -> UpdateOutput:
         if isinstance(self.actor, GaussianActor):

@@ -175,6 +175,15 @@ class DynamicsEnsemble(nn.Module):
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar
 
+    def predict_distribution(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Each member's Gaussian over (next_obs - obs, reward) in physical units: mean and std
+        [K, N, O + 1]. What model rollouts sample from (MOPO: mean + std * eps); `predict` gives
+        the means as next states, what the planner and the exported graph use."""
+        x = self.normalise_inputs(obs, action)
+        x = x.unsqueeze(0).expand(self.members, *x.shape)
+        mean, logvar = self.forward_normalised(x)
+        return mean * self.target_std + self.target_mean, torch.exp(0.5 * logvar) * self.target_std
+
     def predict(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Per-member Gaussian means in physical units: next obs [K, N, O], reward [K, N]."""
         x = self.normalise_inputs(obs, action)

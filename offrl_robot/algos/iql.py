@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from offrl_robot.algos.base import AlgoConfig, Batch, UpdateOutput, register
-from offrl_robot.algos.common import EnsembleAlgorithm, cosine_decay, export_eval, make_adam, seed_mean
+from offrl_robot.algos.common import CosineLR, EnsembleAlgorithm, export_eval, make_adam, seed_mean
 from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import (
@@ -26,10 +26,12 @@ from offrl_robot.nets import (
 @dataclass
 class IQLConfig(AlgoConfig):
     """CORL / paper D4RL-locomotion defaults: expectile 0.7, inverse temperature 3.0, lrs 3e-4,
-    tau 5e-3, advantage weights clipped at 100, Gaussian policy. actor_lr_schedule: "cosine"
-    decays the actor lr to 0 over the run's `steps` (CORL's schedule), "none" keeps it constant;
-    actor_lr_schedule_steps: its length, set to `steps` by the Trainer (an explicit value must
-    equal `steps`).
+    tau 5e-3, advantage weights clipped at 100, Gaussian policy, and the actor's learning rate
+    decayed to 0 by a cosine over the run (actor_lr_schedule: "cosine", the default since
+    2026-12-04: the IQL authors' code and CORL both decay it; "none" keeps it constant, the
+    behaviour before). actor_lr_schedule_steps: its length, set to `steps` by the Trainer (an
+    explicit value must equal `steps`); building IQL directly, give it or choose "none". The
+    schedule is a device tensor (`CosineLR`), so it also runs under `accelerate: graph|compile`.
     normalize_reward: scale rewards by 1000 / (max - min episode return of the dataset), as the
     IQL paper and CORL do on locomotion data: beta = 3 was tuned for returns in that range, and
     on raw returns of another scale the advantage weights exp(beta * A) are too flat or too sharp.
@@ -44,7 +46,7 @@ class IQLConfig(AlgoConfig):
     max_advantage_weight: float = 100.0
     tau: float = 5e-3
     deterministic_policy: bool = False
-    actor_lr_schedule: str = "none"
+    actor_lr_schedule: str = "cosine"
     actor_lr_schedule_steps: int | None = None
     normalize_reward: bool = False
 
@@ -114,11 +116,8 @@ class IQL(EnsembleAlgorithm):
             ]
         )
         horizon = config.schedule_horizon("actor_lr_schedule")
-        if horizon:
-            self.schedulers["all"] = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers["all"],
-                [cosine_decay(horizon), lambda _: 1.0, lambda _: 1.0],
-            )
+        if horizon:  # the actor's group only; V and Q keep their constant rates (as CORL)
+            self.schedulers["all"] = CosineLR(self.optimizers["all"], [0], horizon)
 
     def prepare(self, dataset: Dataset) -> None:
         """normalize_reward: reward_scale = 1000 / (max - min episode return), from the run's data."""

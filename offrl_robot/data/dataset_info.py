@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from offrl_robot.data.dataset import Dataset
+from offrl_robot.stats import sample_std
 
 
 def summarize(dataset: Dataset) -> dict[str, object]:
@@ -39,7 +40,7 @@ def summarize(dataset: Dataset) -> dict[str, object]:
         "reward": meta.reward,
         "task": meta.task,
         "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
+        "std_return": sample_std(returns),  # ddof = 1, as every report (offrl_robot.stats)
         "terminals": int(dataset.terminals.sum()),
         "timeouts": int(dataset.timeouts.sum()),
         "sha256": dataset.sha256(),

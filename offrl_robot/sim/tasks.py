@@ -48,6 +48,9 @@ class TaskInfo:
     tasks (measured on the v2 envs; v5 has the same dynamics and reward), our own measured
     random / scripted-expert mean returns for ArmReach, None where no reference exists.
     `is_arm_task`: the env reports `info["is_success"]`, so success rate is a metric.
+    `termination`: the registered termination function (`offrl_robot.registry`) that says from
+    an observation when the task ends, "" for a task that only ends by time (what model rollouts
+    in MOPO use to stop where the real task would).
     """
 
     name: str
@@ -62,6 +65,7 @@ class TaskInfo:
     ref_max_return: float | None = None
     is_arm_task: bool = False
     reward: str = ""
+    termination: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     definition: TaskDefinition | None = None  # the task file behind a task-file task
 
@@ -80,6 +84,7 @@ def _generic(
     dt: float,
     episode_steps: int,
     refs: tuple[float, float] | None = None,
+    termination: str = "",
 ) -> TaskInfo:
     return TaskInfo(
         name=name,
@@ -94,6 +99,7 @@ def _generic(
         ref_max_return=refs[1] if refs else None,
         is_arm_task=False,
         reward=f"gymnasium {name} reward",
+        termination=termination,
     )
 
 
@@ -120,9 +126,9 @@ def _arm_reach() -> TaskInfo:
 
 # D4RL reference returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE).
 _GYM_TASKS: dict[str, TaskInfo] = {
-    "Hopper-v5": _generic("Hopper-v5", 11, 3, 1.0, 0.008, 1000, (-20.272305, 3234.3)),
+    "Hopper-v5": _generic("Hopper-v5", 11, 3, 1.0, 0.008, 1000, (-20.272305, 3234.3), "hopper"),
     "HalfCheetah-v5": _generic("HalfCheetah-v5", 17, 6, 1.0, 0.05, 1000, (-280.178953, 12135.0)),
-    "Walker2d-v5": _generic("Walker2d-v5", 17, 6, 1.0, 0.008, 1000, (1.629008, 4592.3)),
+    "Walker2d-v5": _generic("Walker2d-v5", 17, 6, 1.0, 0.008, 1000, (1.629008, 4592.3), "walker2d"),
     "Reacher-v5": _generic("Reacher-v5", 10, 2, 1.0, 0.02, 50),
     "Pusher-v5": _generic("Pusher-v5", 23, 7, 2.0, 0.05, 100),
 }

@@ -55,6 +55,7 @@ from offrl_robot.safety import (
     resolve_safe_action,
 )
 from offrl_robot.sim.tasks import TaskInfo, make_env, task_info
+from offrl_robot.stats import sample_std
 
 # Exit status of `offrl-robot validate` when the gate ran and the policy failed it
 # (2 stays "bad input" as for every command, 1 "internal error").
@@ -656,7 +657,7 @@ def _aggregate(stats: list[EpisodeStats], info: TaskInfo, seed: int, randomize: 
     counted = int(sum(s.interventions for s in stats))
     metrics: dict[str, float] = {
         "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
+        "return_std": sample_std(returns),  # ddof = 1, as every report (offrl_robot.stats)
         "return_min": float(returns.min()),
     }
     score = info.normalized_score(float(returns.mean()))
