@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check offrl_robot tests benchmarks launch setup.py
 
 test: $(STAMP) lint
-	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-41} $(PY) -m pytest -q tests
+	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-41} $(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # Minutes-long learning checks kept out of `make test` (CI's 15-minute suite): CQL reaching the
 # goal with its full-size nets (~22 min on 2 cores).

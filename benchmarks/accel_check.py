@@ -12,12 +12,24 @@ BC with `lr_schedule: cosine`): the actor's rate after k updates against the cos
 (float32 on CUDA: |rel err| <= 6e-8), and the weights against eager.
 
     python3 benchmarks/accel_check.py --steps 50 --seeds 2 --trainer-steps 300
+
+The "compile matrix" (`--matrix`) is issue 17's acceptance check of `accelerate: compile` on
+CUDA: every algorithm × {1, 8 vectorised seeds} × {fp32, bf16}, in a process where d3rlpy was
+imported first (`--import-d3rlpy`: it turns compiled autograd and TF32 on process-wide) or not.
+Each row says which mode actually ran (compile, or graph after a fallback warning), the weights
+against an eager run at the same precision, whether every metric is finite, and updates/s of
+the compiled step next to the graph step (timed after the capture, on whatever else shares the
+GPU: compare rows of one run, not across runs).
+
+    python3 benchmarks/accel_check.py --matrix --algos bc,iql,td3bc,cql,bcq [--import-d3rlpy]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,8 +53,18 @@ def schedule_overrides(name: str, horizon: int) -> dict:
 
 
 def train(
-    name: str, mode: str, steps: int, seeds: int, prioritized: bool, overrides: dict | None = None
+    name: str,
+    mode: str,
+    steps: int,
+    seeds: int,
+    prioritized: bool,
+    overrides: dict | None = None,
+    precision: str = "fp32",
+    timing: dict | None = None,
 ) -> tuple[dict, dict]:
+    """`steps` updates from fixed initial weights. `timing`, when given, receives the mode that
+    ran, the fallback warnings and updates/s over the steps after the first 10 (capture and
+    compile excluded)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     torch.cuda.manual_seed(0)
@@ -57,19 +79,55 @@ def train(
     sampler = make_sampler(
         20_000, 256, list(range(seeds)), device, prioritized=prioritized, total_steps=steps
     )
-    step_fn = make_update_step(algo, sampler, data, mode)
-    metrics = {}
-    for step in range(1, steps + 1):
-        indices, out = step_fn(step)
-        if prioritized:
-            sampler.update_priorities(indices, out.td_error)
-        metrics = {k: v.detach().cpu().clone() for k, v in out.metrics.items()}
-    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step_fn = make_update_step(algo, sampler, data, mode, precision)
+        metrics = {}
+        t0 = None
+        for step in range(1, steps + 1):
+            if step == 11:
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            indices, out = step_fn(step)
+            if prioritized:
+                sampler.update_priorities(indices, out.td_error)
+            metrics = {k: v.detach().cpu().clone() for k, v in out.metrics.items()}
+        torch.cuda.synchronize()
+    if timing is not None:
+        timing["mode"] = step_fn.mode
+        timing["warnings"] = [str(w.message) for w in caught if "accelerate" in str(w.message)]
+        timing["updates_per_s"] = (steps - 10) / (time.perf_counter() - t0) if t0 is not None else float("nan")
     state = {k: v.detach().cpu().clone() for k, v in algo.state_dict().items()}
     assert algo.num_updates == steps, (algo.num_updates, steps)
     lr = float(next(iter(algo.optimizers.values())).param_groups[0]["lr"])
     metrics["_actor_lr"] = torch.tensor(lr, dtype=torch.float64)
     return state, metrics
+
+
+def compile_matrix(algos: list[str], steps: int, seed_counts: list[int], precisions: list[str]) -> None:
+    """`accelerate: compile` on CUDA for every algorithm x seeds x precision (module docstring)."""
+    import_state = "d3rlpy imported" if "d3rlpy" in sys.modules else "no d3rlpy"
+    print(f"\n### compile matrix ({import_state}; {steps} updates per run)")
+    print("| algo | seeds | precision | mode ran | max abs dW vs eager | finite | upd/s compile | upd/s graph | fallback warning |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in algos:
+        for seeds in seed_counts:
+            for precision in precisions:
+                try:
+                    ref, _ = train(name, "none", steps, seeds, False, precision=precision)
+                    graph_timing: dict = {}
+                    train(name, "graph", steps, seeds, False, precision=precision, timing=graph_timing)
+                    timing: dict = {}
+                    state, metrics = train(name, "compile", steps, seeds, False, precision=precision, timing=timing)
+                    finite = all(torch.isfinite(v).all().item() for k, v in metrics.items() if k[0] != "_")
+                    warning = "; ".join(timing["warnings"])[:160] or "-"
+                    print(
+                        f"| {name} | {seeds} | {precision} | {timing['mode']} | {max_diff(ref, state):.2e} | "
+                        f"{finite} | {timing['updates_per_s']:.0f} | {graph_timing['updates_per_s']:.0f} | {warning} |",
+                        flush=True,
+                    )
+                except Exception as exc:  # a crash is what this check exists to find: report it
+                    print(f"| {name} | {seeds} | {precision} | CRASHED {type(exc).__name__}: {str(exc)[:200]} | | | | | |")
 
 
 def schedule_check(steps: int, seeds: int) -> None:
@@ -153,9 +211,27 @@ def main() -> int:
     parser.add_argument("--modes", default="graph,compile")
     parser.add_argument("--trainer-steps", type=int, default=0, help="also check the Trainer (0 = skip)")
     parser.add_argument("--schedule-steps", type=int, default=50, help="lr-schedule check length (0 = skip)")
+    parser.add_argument("--matrix", action="store_true", help="only the compile matrix (see the docstring)")
+    parser.add_argument("--matrix-steps", type=int, default=110)
+    parser.add_argument("--matrix-seeds", default="1,8")
+    parser.add_argument("--matrix-precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--import-d3rlpy", action="store_true", help="import d3rlpy first, as a benchmark process does"
+    )
     args = parser.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    if args.import_d3rlpy:
+        import d3rlpy  # noqa: F401  (its import turns compiled autograd and TF32 on process-wide)
+    if args.matrix:
+        compile_matrix(
+            args.algos.split(","),
+            args.matrix_steps,
+            [int(n) for n in args.matrix_seeds.split(",")],
+            args.matrix_precisions.split(","),
+        )
+        return 0
+    if not args.import_d3rlpy:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     print("| algo | mode | PER | max abs dW vs eager | max abs dW graph run 1 vs 2 | finite |")
     print("|---|---|---|---|---|---|")
     for name in args.algos.split(","):

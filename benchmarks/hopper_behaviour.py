@@ -39,7 +39,7 @@ from offrl_robot.data.collect import _rollouts, collect  # noqa: E402
 from offrl_robot.data.minari_io import save_dataset  # noqa: E402
 from offrl_robot.sim import make_env, task_info  # noqa: E402
 
-TASK = "Hopper-v5"
+TASK = "Hopper-v5"  # the default; --task swaps it (HalfCheetah-v5 for issue 17's CQL check)
 
 
 class GrowingBufferSampler:
@@ -66,7 +66,7 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
 
     On CUDA each update is replayed from a CUDA graph (`--accelerate graph`, default): eager
     SAC updates are launch-bound (~150/s on an H100), the graph runs them ~10x faster."""
-    info = task_info(TASK)
+    info = task_info(args.task)
     obs_dim, act_dim = len(info.observation_names), len(info.action_names)
     config = CQLConfig(
         conservative_weight=0.0,  # no conservative term: plain SAC
@@ -87,7 +87,7 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
     rng = np.random.default_rng(args.seed)
     sampler = GrowingBufferSampler(256, args.seed, device)
     step_fn = None
-    env = make_env(TASK)
+    env = make_env(args.task)
     obs, _ = env.reset(seed=args.seed)
     cut = np.cumsum([obs_dim, act_dim, 1, obs_dim])  # field boundaries in one transition row
     t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
                 step_fn = make_update_step(agent, sampler, buf, args.accelerate)
             step_fn(step)
         if step >= args.start_steps and (step + 1) % args.eval_every == 0:
-            score = evaluate(agent, device, episodes=5)
+            score = evaluate(agent, device, episodes=5, task=args.task)
             print(
                 f"step {step + 1}: deterministic return {score:.0f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True,
@@ -126,8 +126,8 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
     return agent
 
 
-def evaluate(agent: CQL, device: torch.device, episodes: int) -> float:
-    env = make_env(TASK)
+def evaluate(agent: CQL, device: torch.device, episodes: int, task: str = TASK) -> float:
+    env = make_env(task)
     returns = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=100_000 + episode)
@@ -154,15 +154,19 @@ def main() -> int:
     parser.add_argument("--accelerate", default="graph", help="none | graph (CUDA graph of the update)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes of the medium dataset")
     parser.add_argument(
-        "--random-episodes", type=int, default=1000, help="episodes of the random dataset (~20 steps each)"
+        "--random-episodes",
+        type=int,
+        default=1000,
+        help="episodes of the random dataset (~20 steps each on Hopper; 0 = no random dataset)",
     )
+    parser.add_argument("--task", default=TASK, help="a gymnasium locomotion task (HalfCheetah-v5, ...)")
     parser.add_argument("--prefix", default="hopper")
     parser.add_argument("--root", default=None, help="Minari root (default: offrl_robot's)")
     args = parser.parse_args()
     device = torch.device(args.device)
     agent = sac(device, args)
 
-    info = task_info(TASK)
+    info = task_info(args.task)
     low, high = np.asarray(info.action_low), np.asarray(info.action_high)
 
     def behaviour(obs: np.ndarray) -> np.ndarray:
@@ -170,13 +174,15 @@ def main() -> int:
             obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=device).view(1, 1, -1)
             return agent.actor.sample(obs_t)[0].view(-1).cpu().numpy().astype(np.float64)
 
-    env = make_env(TASK)
+    env = make_env(args.task)
     try:
         medium = _rollouts(env, info, behaviour, args.episodes, args.seed, low, high, None, "sac-medium", 0.0)
     finally:
         env.close()
-    random = collect(TASK, "random", episodes=args.random_episodes, seed=args.seed)
-    for label, result in (("medium", medium), ("random", random)):
+    made = [("medium", medium)]
+    if args.random_episodes > 0:
+        made.append(("random", collect(args.task, "random", episodes=args.random_episodes, seed=args.seed)))
+    for label, result in made:
         path = save_dataset(result.dataset, f"{args.prefix}-{label}", root=args.root, overwrite=True)
         print(f"{label}: {len(result.dataset)} transitions, mean return {result.mean_return:.0f} -> {path}")
     return 0

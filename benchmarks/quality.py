@@ -88,18 +88,25 @@ def make_arm_datasets(episodes: int, medium_noise: float, seed: int) -> dict[str
 def load_hopper_datasets(
     prefix: str, root: str | None, labels: tuple[str, ...] = ("random", "medium")
 ) -> dict[str, Any]:
-    """The Hopper-v5 random / medium datasets written by benchmarks/hopper_behaviour.py."""
+    """The locomotion datasets PREFIX-random / PREFIX-medium written by benchmarks/hopper_behaviour.py
+    (Hopper-v5 by default, any task with its --task), named "<Task> <label>" ("HalfCheetah
+    medium"). A label that was not made (--random-episodes 0) is skipped; none at all is an error."""
     from offrl_robot.data.minari_io import load_dataset
     from offrl_robot.errors import OffrlError
 
-    out = {}
+    out, errors = {}, []
     for label in labels:
         try:
-            out[f"Hopper {label}"] = load_dataset(f"{prefix}-{label}-v0", root=root)
+            data = load_dataset(f"{prefix}-{label}-v0", root=root)
         except OffrlError as exc:
-            raise SystemExit(
-                f"--hopper-prefix {prefix}: {exc}; make them first with benchmarks/hopper_behaviour.py"
-            ) from exc
+            errors.append(str(exc))
+            continue
+        task = (data.metadata.task or "Hopper-v5").split("/")[-1].rsplit("-v", 1)[0]
+        out[f"{task} {label}"] = data
+    if not out:
+        raise SystemExit(
+            f"--hopper-prefix {prefix}: {'; '.join(errors)}; make them first with benchmarks/hopper_behaviour.py"
+        )
     return out
 
 
@@ -289,7 +296,11 @@ def main() -> int:
     parser.add_argument("--accelerate", default="graph", help="ours on CUDA: none|graph|compile")
     parser.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 1)))
     parser.add_argument(
-        "--hopper-prefix", help="also the Hopper-v5 datasets PREFIX-random/-medium (hopper_behaviour.py)"
+        "--hopper-prefix",
+        action="append",
+        default=[],
+        help="also the locomotion datasets PREFIX-random/-medium (hopper_behaviour.py; repeatable: "
+        "one per task, e.g. hopper and cheetah)",
     )
     parser.add_argument("--minari-root", help="Minari root of the Hopper datasets (default: offrl_robot's)")
     parser.add_argument("--no-peer", action="store_true")
@@ -352,8 +363,8 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory() as tmp:
         datasets = {} if args.skip_arm else make_arm_datasets(args.episodes, args.medium_noise, seed=0)
-        if args.hopper_prefix:
-            datasets |= load_hopper_datasets(args.hopper_prefix, args.minari_root)
+        for prefix in args.hopper_prefix:
+            datasets |= load_hopper_datasets(prefix, args.minari_root)
         if args.only_datasets:
             wanted = {name.strip() for name in args.only_datasets.split(",")}
             if unknown := wanted - set(datasets):

@@ -40,6 +40,7 @@ How the capture stays exact:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 from torch import Tensor
 
 from offrl_robot.algos.base import Algorithm, Batch, UpdateOutput
+from offrl_robot.algos.common import match_grad_layout
 from offrl_robot.errors import ConfigError
 from offrl_robot.replay import PrioritizedSampler, UniformSampler
 
@@ -79,24 +81,30 @@ def gather_batch(data: Mapping[str, Tensor], indices: Tensor, weights: Tensor | 
 
 @contextlib.contextmanager
 def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Run the enclosed update at `precision` (see PRECISIONS); a no-op for fp32 or off CUDA.
+    """Run the enclosed update at `precision` (see PRECISIONS); a no-op off CUDA.
 
     A captured CUDA graph bakes in the math mode that was active at capture, so wrapping the
-    capture is enough; eager steps wrap every call."""
+    capture is enough; eager steps wrap every call. fp32 means exact fp32 even where the process
+    turned TF32 on (importing d3rlpy sets `torch.set_float32_matmul_precision("high")` for the
+    whole process); bf16's fp32 output layers likewise."""
     if precision not in PRECISIONS:
         raise ConfigError(f"config field 'precision' is {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "fp32" or device.type != "cuda":
+    if device.type != "cuda":
         yield
-    elif precision == "tf32":
-        previous = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high")  # "high" = TF32 tensor cores for fp32 matmuls
-        try:
+        return
+    wanted = "high" if precision == "tf32" else "highest"  # "high" = TF32 tensor cores for fp32 matmuls
+    previous = torch.get_float32_matmul_precision()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+    if previous != wanted:
+        torch.set_float32_matmul_precision(wanted)
+    try:
+        with autocast:
             yield
-        finally:
+    finally:
+        if previous != wanted:
             torch.set_float32_matmul_precision(previous)
-    else:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            yield
 
 
 def update_period(algo: Algorithm) -> int:
@@ -116,8 +124,11 @@ class EagerStep:
         self.precision = precision
         self._update: Callable[[Batch], UpdateOutput] = algo.update
         self._device = data["observations"].device
-        # fp32 (and any CPU run) needs no context: keep the per-update hot path free of it.
-        self._plain = precision == "fp32" or self._device.type != "cuda"
+        # fp32 at the process's exact fp32 (and any CPU run) needs no context: keep the
+        # per-update hot path free of it.
+        self._plain = self._device.type != "cuda" or (
+            precision == "fp32" and torch.get_float32_matmul_precision() == "highest"
+        )
         if not self._plain:
             with matmul_precision(precision, self._device):  # an unknown precision fails here
                 pass
@@ -134,24 +145,70 @@ class EagerStep:
 def compile_update(algo: Algorithm) -> Callable[[Batch], UpdateOutput]:
     """`algo.update` through torch.compile. The update counter is a Python int on the module:
     dynamo treats it as a symbolic int instead of recompiling for each of its values (periodic
-    branches such as TD3+BC's delayed actor step still get one compiled variant per phase)."""
+    branches such as TD3+BC's delayed actor step still get one compiled variant per phase).
+
+    Compiled autograd stays off for our update whatever the process set: importing d3rlpy turns
+    `torch._dynamo.config.compiled_autograd` on for the whole process, and a backward traced by
+    compiled autograd hands the fused Adam kernel gradients whose strides differ from their
+    parameters' ("params, grads, exp_avgs, and exp_avg_sqs must have same dtype, device, and
+    layout"). The optimisers of a compiled update also re-lay such gradients out before the step
+    (`common.match_grad_layout`), as a second guard."""
     torch._dynamo.config.allow_unspec_int_on_nn_module = True
     # backward() and the optimiser step break the graph, and the frames around them get a
     # compiled variant per phase and per guard: in these tests one frame passed the default
     # limit of 8, past which dynamo silently runs it eager for the rest of the run.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(algo.update)
+    for optimizer in getattr(algo, "optimizers", {}).values():
+        match_grad_layout(optimizer)
+    with torch._dynamo.config.patch(compiled_autograd=False):
+        compiled = torch.compile(algo.update)
+
+    def update(batch: Batch) -> UpdateOutput:
+        with torch._dynamo.config.patch(compiled_autograd=False):
+            return compiled(batch)
+
+    return update
+
+
+def _fallback_warning(device: torch.device, err: BaseException) -> None:
+    """The one warning of a compile that could not be used (first line of the cause)."""
+    cause = (str(err).strip().splitlines() or [""])[0][:300]
+    warnings.warn(
+        f"accelerate: compile failed on {device.type} ({type(err).__name__}: {cause}); "
+        f"training continues with accelerate: {'graph' if device.type == 'cuda' else 'none'}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 class CompiledCPUStep(EagerStep):
     """`compile` on the CPU: the eager step with `update` compiled by Inductor (see the module
-    docstring); sampling and gathering stay eager (they are index ops, nothing to fuse)."""
+    docstring); sampling and gathering stay eager (they are index ops, nothing to fuse).
+
+    The compile happens in the first call (of each phase of the update period). If it fails (a missing C++ compiler, an Inductor
+    bug), the learning state that call touched is restored, one warning names the cause, and
+    the run continues eagerly (`mode` then says "none")."""
 
     mode = "compile"
 
     def __init__(self, algo: Algorithm, sampler: Any, data: Mapping[str, Tensor]) -> None:
         super().__init__(algo, sampler, data)  # fp32: the CPU has no other precision
         self._update = compile_update(algo)
+        # each phase of the update period compiles in its own first call
+        self._guarded_calls = update_period(algo)
+
+    def __call__(self, step: int) -> tuple[Tensor, UpdateOutput]:
+        if self._guarded_calls <= 0:
+            return super().__call__(step)
+        self._guarded_calls -= 1
+        snapshot = _LearningState(self.algo, list(getattr(self.sampler, "generators", [])))
+        try:
+            return super().__call__(step)
+        except Exception as err:  # any compiler failure falls back, named once
+            snapshot.restore()
+            _fallback_warning(self._device, err)
+            self._update, self.mode, self._guarded_calls = self.algo.update, "none", 0
+            return super().__call__(step)
 
 
 class _LearningState:
@@ -255,6 +312,14 @@ class GraphStep:
 
     def _capture_at_precision(self) -> None:
         snapshot = _LearningState(self.algo, self._generators)
+        try:
+            self._warm_up_and_capture(snapshot)
+        except BaseException:
+            torch.cuda.synchronize()
+            snapshot.restore()  # a failed compile/capture leaves no trace in the learning state
+            raise
+
+    def _warm_up_and_capture(self, snapshot: _LearningState) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -299,7 +364,10 @@ def make_update_step(
     """The step function the Trainer and the benchmarks loop over.
 
     On a CPU device `graph` falls back to eager (a CPU has no launch overhead to hide) and
-    `compile` compiles the update without a graph (`CompiledCPUStep`)."""
+    `compile` compiles the update without a graph (`CompiledCPUStep`). Where torch cannot
+    compile the update (an Inductor or Triton failure), `compile` falls back to `graph` on CUDA
+    and to eager on the CPU with one RuntimeWarning naming the cause, never a crash; the step's
+    `mode` says what runs."""
     if mode not in ACCEL_MODES:
         raise ConfigError(f"config field 'accelerate' is {mode!r}; use one of {', '.join(ACCEL_MODES)}")
     on_cuda = data["observations"].device.type == "cuda"
@@ -307,4 +375,10 @@ def make_update_step(
         return CompiledCPUStep(algo, sampler, data)
     if mode == "none" or not on_cuda:
         return EagerStep(algo, sampler, data, precision)
-    return GraphStep(algo, sampler, data, compiled=mode == "compile", precision=precision)
+    if mode == "compile":
+        try:
+            return GraphStep(algo, sampler, data, compiled=True, precision=precision)
+        except Exception as err:  # torch cannot compile this update here: say so, go on
+            torch._dynamo.reset()
+            _fallback_warning(data["observations"].device, err)
+    return GraphStep(algo, sampler, data, compiled=False, precision=precision)

@@ -35,9 +35,28 @@ os.environ.setdefault("AMENT_PREFIX_PATH", str(Path(sys.prefix)))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 # An explicit OFFRL_TEST_DOMAIN_BASE pins the range (parallel runs on one machine get disjoint
-# ranges); otherwise the pid spreads concurrent runs apart.
+# ranges); pytest-xdist workers get disjoint ranges by worker number; otherwise the pid spreads
+# concurrent runs apart.
 _domain_base = os.environ.get("OFFRL_TEST_DOMAIN_BASE")
-_domain_ids = itertools.count(int(_domain_base) if _domain_base else 100 + (os.getpid() % 50) * 2)
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _domain_base:
+    _first_domain = int(_domain_base)
+elif _worker.startswith("gw"):
+    _first_domain = 100 + 40 * int(_worker[2:])
+else:
+    _first_domain = 100 + (os.getpid() % 50) * 2
+_domain_ids = itertools.count(_first_domain)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n 2 --dist loadgroup` (make test): every file with a ROS test in one group, so
+    those run one at a time on one worker (timing-sensitive DDS checks do not compete with each
+    other), and every other test grouped by its file, so module/session fixtures are built once."""
+    ros_files = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("ros")}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        # a file with any ROS test goes whole into "ros": its tests may share a module fixture
+        item.add_marker(pytest.mark.xdist_group("ros" if path in ros_files else path))
 
 
 @pytest.fixture(scope="session")

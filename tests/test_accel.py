@@ -267,3 +267,51 @@ def test_mixed_precision_keeps_every_output_layer_in_fp32() -> None:
     assert mixed.dtype == torch.float32
     assert not torch.equal(mixed, exact)
     torch.testing.assert_close(mixed, exact, atol=0.05, rtol=0.05)
+
+
+def test_cpu_compile_with_compiled_autograd_switched_on_by_another_library() -> None:
+    """Importing d3rlpy sets `torch._dynamo.config.compiled_autograd = True` for the whole
+    process (issue 17: our compiled update then crashed in the fused Adam kernel on CUDA). Our
+    compiled update keeps compiled autograd off for itself: it still runs compiled and tracks eager.
+    On the CPU the kernel did not crash even before (the CUDA case is `benchmarks/accel_check.py
+    --matrix --import-d3rlpy`); here this guards the CPU path against the same setting."""
+    runs = []
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        for mode in ("compile", "none"):
+            torch.manual_seed(0)
+            algo = _algo("td3bc")
+            step_fn = make_update_step(algo, UniformSampler(N, 8, [0, 1]), _data(), mode)
+            _train(step_fn, 4)
+            assert step_fn.mode == mode
+            runs.append(_weights(algo))
+    compiled, eager = runs
+    assert all(torch.isfinite(v).all() for v in compiled.values())
+    assert all(torch.allclose(compiled[k], eager[k], atol=2e-3) for k in compiled)
+
+
+def test_a_compile_that_fails_falls_back_to_eager_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where torch cannot compile the update, training goes on without it: one RuntimeWarning
+    naming the cause, `mode` says what runs, and the failed attempt leaves no trace (the run
+    equals an eager run bit for bit: same weights, same sampled batches)."""
+
+    def broken_compile(function):  # what an Inductor failure looks like from the caller
+        def call(*args, **kwargs):
+            raise RuntimeError("PassManager::run failed\nlong compiler log")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    algo = _algo("td3bc")
+    step_fn = make_update_step(algo, UniformSampler(N, 8, [0, 1]), _data(), "compile")
+    with pytest.warns(RuntimeWarning, match=r"compile failed on cpu \(RuntimeError: PassManager::run failed\)") as caught:
+        _train(step_fn, 6)
+    assert len([w for w in caught if "compile failed" in str(w.message)]) == 1
+    assert step_fn.mode == "none"
+
+    torch.manual_seed(0)
+    reference = _algo("td3bc")
+    _train(make_update_step(reference, UniformSampler(N, 8, [0, 1]), _data(), "none"), 6)
+    got, want = _weights(algo), _weights(reference)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert algo.num_updates == reference.num_updates == 6

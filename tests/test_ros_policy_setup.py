@@ -137,6 +137,8 @@ def test_limit_overrides_only_tighten_and_slew_is_per_second(tmp_path: Path) -> 
         ({"control_rate_hz": math.nan}, ConfigError, "control_rate_hz"),
         ({"max_inference_s": -1.0}, ConfigError, "max_inference_s"),
         ({"estop_heartbeat_timeout": math.inf}, ConfigError, "estop_heartbeat_timeout"),
+        ({"estop_discovery_s": -0.5}, ConfigError, "estop_discovery_s"),
+        ({"estop_discovery_s": 3600.0}, ConfigError, "estop_discovery_s"),
         ({"blend_in_ticks": -3}, ConfigError, "blend_in_ticks"),
         ({"use_header_stamp": "maybe"}, ConfigError, "use_header_stamp"),
         ({"safe_action": "hold"}, ConfigError, "hold on velocity commands"),

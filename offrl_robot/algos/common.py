@@ -9,6 +9,7 @@ seed's weights receive is exactly the gradient of its own single-seed loss.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,6 +118,27 @@ def _match_capturable_to_device(optimizer: torch.optim.Optimizer) -> None:
         group["capturable"] = group["params"][0].is_cuda
 
 
+# Optimisers whose gradients may come from a compiled backward (`accel.compile_update`).
+_RELAYOUT_GRADS: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+
+
+def match_grad_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Mark `optimizer` so that each step first gives every gradient its parameter's strides.
+
+    Why: the fused Adam kernel needs params, grads and moments of one layout; eager autograd
+    guarantees it, a compiled backward (compiled autograd in particular) may not. Only compiled
+    updates pay for the check (a stride comparison per tensor; on CUDA it runs at capture only)."""
+    _RELAYOUT_GRADS.add(optimizer)
+
+
+def _relayout_grads(optimizer: torch.optim.Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            grad = p.grad
+            if grad is not None and grad.stride() != p.stride():
+                p.grad = torch.empty_strided(p.shape, p.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
 @torch._dynamo.disable
 def _optimizer_step(optimizer: torch.optim.Optimizer, schedules: Sequence[CosineLR] = ()) -> None:
     """optimizer.step() and the advance of its learning-rate schedules, never traced by
@@ -132,6 +154,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, schedules: Sequence[Cosine
     for schedule in schedules:
         schedule.bind()
     _match_capturable_to_device(optimizer)
+    if optimizer in _RELAYOUT_GRADS:
+        _relayout_grads(optimizer)
     optimizer.step()
     for schedule in schedules:
         schedule.step()

@@ -14,6 +14,8 @@ from offrl_robot.algos.common import EnsembleAlgorithm, export_eval, make_adam, 
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import QEnsemble, TanhGaussianActor, hard_copy, polyak_update, repeat_per_sample
 
+TARGET_ACTIONS = ("sample", "mean")
+
 
 @dataclass
 class CQLConfig(AlgoConfig):
@@ -36,10 +38,17 @@ class CQLConfig(AlgoConfig):
     lagrange_lr: float = 3e-4
     initial_lagrange: float = 1.0
     backup_entropy: bool = False
+    # The TD target's next action a': "sample" draws a' ~ pi(.|s') (the CQL authors' SAC code and
+    # CORL); "mean" takes the deterministic tanh(mu(s')) (d3rlpy's default, soft_q_backup=False).
+    target_action: str = "sample"
 
     def __post_init__(self) -> None:
         if self.num_sampled_actions < 1:
             raise ConfigError(f"algo_config.num_sampled_actions {self.num_sampled_actions}: must be >= 1")
+        if self.target_action not in TARGET_ACTIONS:
+            raise ConfigError(
+                f"algo_config.target_action {self.target_action!r}: use one of {', '.join(TARGET_ACTIONS)}"
+            )
 
 
 @register
@@ -57,7 +66,8 @@ class CQL(EnsembleAlgorithm):
     pushes Q DOWN on sampled actions and UP on dataset actions. (The CQL sketch in several
     tutorials subtracts logsumexp and adds Q(data), and regularises only Q1: both are wrong.)
 
-        y = r + gamma * (1 - done) * (min_i Q'_i(s', a') [- alpha * log pi(a'|s') if backup_entropy]),  a' ~ pi(.|s')
+        y = r + gamma * (1 - done) * (min_i Q'_i(s', a') [- alpha * log pi(a'|s') if backup_entropy]),
+            a' ~ pi(.|s') (target_action "sample") or a' = tanh(mu(s')) ("mean", d3rlpy's default)
         L_pi = E_s[ alpha * log pi(a|s) - min_i Q_i(s, a) ],  a ~ pi(.|s) (reparameterised)
         L_alpha = -E_s[ log alpha * (log pi(a|s) + target_entropy) ]
         Lagrange (optional): alpha' = clip(exp(log alpha'), 0, 1e6),
@@ -117,7 +127,10 @@ class CQL(EnsembleAlgorithm):
             sampled, sampled_log_prob = self.actor.sample(torch.cat([obs, batch.next_observations], 1), n)
             current_actions, next_actions = sampled.split(b * n, dim=1)
             current_log_prob, next_log_prob = sampled_log_prob.split(b * n, dim=1)
-            target_actions = next_actions.view(s, b, n, -1)[:, :, 0]
+            if cfg.target_action == "mean":
+                target_actions = self.actor.mode(batch.next_observations)
+            else:
+                target_actions = next_actions.view(s, b, n, -1)[:, :, 0]
             target_q = self.target_critic(batch.next_observations, target_actions).amin(dim=1)
             if cfg.backup_entropy:
                 target_q = target_q - temperature[:, None] * next_log_prob.view(s, b, n)[:, :, 0]

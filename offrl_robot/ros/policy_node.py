@@ -22,6 +22,9 @@ because it is persisted in a small state file (`estop_state_file`, default
 `$ROS_HOME/offrl_robot/<node>.estop_latched`); only `~/reset_estop` clears it. `/estop` is heard
 with reliable + transient-local QoS (an e-stop published before this node started still
 arrives) and also best-effort + volatile (a publisher with other QoS is never incompatible).
+Such a latched e-stop arrives only once discovery has matched its publisher, which on a loaded
+machine can take longer than configure + activate; so for `estop_discovery_s` (1 s) after start-up
+the node sends the safe action until the first /estop message arrives, and says so on /diagnostics.
 
 Position commands: the safe action is the *measured* joint position ("hold"), never zero;
 nothing is published before the first measurement, and every blend-in starts from it.
@@ -137,6 +140,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "blend_in_ticks": (10, "ticks to ramp from the safe action to the policy after activate/reset"),
     "max_inference_s": (0.0, "inference budget per tick (s); slower = safe action; 0 = two control periods"),
     "estop_heartbeat_timeout": (0.0, "s of /estop silence that latch the e-stop while active; 0 = off"),
+    "estop_discovery_s": (
+        1.0,
+        "s after start-up of safe action until the first /estop message (a latched e-stop pressed "
+        "before this node started may still be in discovery); 0 = off",
+    ),
     "estop_state_file": (
         "",
         "where the e-stop latch persists; '' = $ROS_HOME/offrl_robot/<node>.estop_latched",
@@ -459,6 +467,8 @@ class PolicyNode(LifecycleNode):
     def _start_guard(self) -> None:
         """The guard's own node + executor + thread: /estop, the heartbeat and the inference deadline
         never wait for the control thread (module docstring)."""
+        self._guard_started = time.monotonic()
+        self._estop_heard = False
         self._guard_node = Node(
             f"{self.get_name()}_guard",
             namespace=self.get_namespace(),
@@ -599,6 +609,7 @@ class PolicyNode(LifecycleNode):
         False, is a heartbeat of the e-stop source."""
         with self._lock:
             self._last_estop_msg = time.monotonic()
+            self._estop_heard = True
             if msg.data:
                 self._estop_requests += 1
                 if not self._estop_latched or (self._setup is not None and not self._setup.safety.latched):
@@ -722,7 +733,10 @@ class PolicyNode(LifecycleNode):
                 self._blend_from_measured = False
         observation = assembler.vector if assembler.error is None else None
         raw, overran, seq = self._no_action, False, -1
-        if observation is not None and fresh and not setup.safety.latched:
+        # Just started and nothing heard on /estop yet: an e-stop latched (transient local) before
+        # this process started may still be in discovery, so no policy output goes out yet.
+        discovering = not self._estop_heard and now - self._guard_started < setup.estop_discovery_s
+        if observation is not None and fresh and not setup.safety.latched and not discovering:
             with self._lock:
                 self._tick_seq += 1
                 seq = self._tick_seq
@@ -746,7 +760,12 @@ class PolicyNode(LifecycleNode):
             command = setup.safety.step(raw, observation, age, dt=dt, hold_reference=measured)
             self._publish_command(command, now)
             flags = setup.safety.last_flags
-        if flags & _UNTRUSTED or overran:
+        if discovering and not flags & Intervention.ESTOP:
+            self._note_tick(
+                safe=True,
+                reason=f"waiting up to {setup.estop_discovery_s:g} s after start-up for /estop publishers",
+            )
+        elif flags & _UNTRUSTED or overran:
             self._note_tick(safe=True, reason=self._safe_reason(flags, overran, age, assembler.error))
         else:
             self._note_tick(safe=False)
@@ -880,6 +899,7 @@ class PolicyNode(LifecycleNode):
                     "observation_errors_total": self._obs_errors,
                     "estop_requests": self._estop_requests,
                     "estop_heartbeat_timeout_s": setup.estop_heartbeat_timeout,
+                    "estop_discovery_s": setup.estop_discovery_s,
                     "safe_action": str(setup.safety.config.safe_action),
                     "ticks_policy_in_window": self._window_policy,
                     "ticks_safe_action_in_window": self._window_safe,

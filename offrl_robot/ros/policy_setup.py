@@ -49,7 +49,9 @@ OPTIONAL_DEFAULTS: dict[str, float] = {
     "control_rate_hz": 0.0,
     "max_inference_s": 0.0,
     "estop_heartbeat_timeout": 0.0,
+    "estop_discovery_s": 1.0,
 }
+ESTOP_DISCOVERY_MAX_S = 60.0
 
 
 @dataclass
@@ -74,6 +76,7 @@ class PolicySetup:
     max_inference_s: float = 0.0
     use_header_stamp: str = "auto"
     estop_heartbeat_timeout: float = 0.0
+    estop_discovery_s: float = 1.0
 
     @property
     def period(self) -> float:
@@ -165,6 +168,7 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
         )
     max_inference = _number(params, "max_inference_s", 0.0)
     heartbeat = _number(params, "estop_heartbeat_timeout", 0.0)
+    estop_discovery = _number(params, "estop_discovery_s", 0.0, ESTOP_DISCOVERY_MAX_S)
     blend = params.get("blend_in_ticks", 0)
     if isinstance(blend, bool) or not isinstance(blend, int) or blend < 0:
         raise ConfigError(f"policy parameter blend_in_ticks must be an integer >= 0, got {blend!r}")
@@ -277,6 +281,7 @@ def load_policy_setup(params: dict[str, Any]) -> PolicySetup:
         max_inference_s=max_inference or 2.0 / rate,
         use_header_stamp=header_mode,
         estop_heartbeat_timeout=heartbeat,
+        estop_discovery_s=estop_discovery,
     )
 
 
