@@ -218,7 +218,25 @@ def main() -> int:
     parser.add_argument(
         "--import-d3rlpy", action="store_true", help="import d3rlpy first, as a benchmark process does"
     )
+    parser.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        help="set a torch._inductor.config option for this process, e.g. triton.persistent_reductions=False "
+        "(repeatable; to find a setting under which a failing compile works)",
+    )
     args = parser.parse_args()
+    for option in args.inductor:
+        import torch._inductor.config as inductor_config
+        import yaml
+
+        key, _, value = option.partition("=")
+        target = inductor_config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, yaml.safe_load(value))
+        print(f"# inductor {key} = {getattr(target, leaf)!r}")
     if args.import_d3rlpy:
         import d3rlpy  # noqa: F401  (its import turns compiled autograd and TF32 on process-wide)
     if args.matrix:

@@ -19,7 +19,7 @@ set -u
 phase=$1
 out=$2
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=egl TORCHINDUCTOR_COMPILE_THREADS=1
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=1
 deadline=${DEADLINE_S:-540}
 echo "$phase: $(nproc) cores, $(python3 -c 'import torch; print(torch.__version__, torch.cuda.get_device_name())'); $(date -u)"
 
@@ -31,21 +31,30 @@ if [ "$phase" = data ]; then
     timeout "$deadline" python3 benchmarks/hopper_behaviour.py --device cuda --task HalfCheetah-v5 \
         --max-steps 120000 --start-steps 5000 --eval-every 20000 --target-return 1e9 --episodes 100 \
         --random-episodes 0 --root "$root" --prefix cheetah >"$out/cheetah_data.log" 2>&1 &
-    for algo in bc iql td3bc cql bcq; do
-        timeout "$deadline" python3 benchmarks/accel_check.py --matrix --algos "$algo" \
-            >"$out/matrix_$algo.log" 2>&1 &
-        timeout "$deadline" python3 benchmarks/accel_check.py --matrix --algos "$algo" --import-d3rlpy \
-            >"$out/matrix_d3rlpy_$algo.log" 2>&1 &
+    if [ "${MATRIX:-1}" = 1 ]; then
+        for algo in bc iql td3bc cql bcq; do
+            timeout "$deadline" python3 benchmarks/accel_check.py --matrix --algos "$algo" \
+                >"$out/matrix_$algo.log" 2>&1 &
+            timeout "$deadline" python3 benchmarks/accel_check.py --matrix --algos "$algo" --import-d3rlpy \
+                >"$out/matrix_d3rlpy_$algo.log" 2>&1 &
+        done
+    fi
+    # Inductor settings tried against the one failing compile (CQL, one seed: a Triton MLIR error)
+    for option in ${PROBES:-}; do
+        timeout "$deadline" python3 benchmarks/accel_check.py --matrix --algos cql --matrix-seeds 1 \
+            --matrix-precisions fp32 --inductor "$option" >"$out/probe_${option%%=*}.log" 2>&1 &
     done
     timeout "$deadline" python3 benchmarks/accel_check.py --steps 50 --seeds 2 --modes graph \
-        --trainer-steps 300 >"$out/accel_check.log" 2>&1 &
+        --schedule-steps "${SCHEDULE_STEPS:-50}" --trainer-steps 300 >"$out/accel_check.log" 2>&1 &
     wait
     for prefix in hopper cheetah; do
         ls -d "$root"/"$prefix"-* >/dev/null 2>&1 && tar -czf "$out/$prefix.tgz" -C "$root" $(cd "$root" && ls -d "$prefix"-*)
     done
-    cat "$out"/matrix_*.log >"$out/matrix.log"
-    rm -f "$out"/matrix_*.log
-    grep -h "^|" "$out/matrix.log" | sort -u
+    cat "$out"/matrix_*.log >"$out/matrix.log" 2>/dev/null
+    cat "$out"/probe_*.log >"$out/probes.log" 2>/dev/null
+    rm -f "$out"/matrix_*.log "$out"/probe_*.log
+    grep -h "^# inductor\|^| cql" "$out/probes.log"
+    grep -h "^|\|^###" "$out/matrix.log"
     tail -n 3 "$out"/hopper_data.log "$out"/cheetah_data.log
     tail -n 30 "$out/accel_check.log"
     ls -la "$out"
