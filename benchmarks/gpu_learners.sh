@@ -63,20 +63,22 @@ elif [ "$phase" = quality ]; then
     mkdir -p "$root"
     for f in "$3"/*.tgz; do tar -xzf "$f" -C "$root"; done
     ls "$root"
-    workers=$(($(nproc) - 2))
-    timeout "$deadline" python3 benchmarks/quality.py --device cuda --steps 20000 --episodes 200 \
+    workers=${WORKERS:-$(($(nproc) - 2))}
+    timeout "$deadline" python3 benchmarks/quality.py --device cuda --steps "${QSTEPS:-20000}" --episodes 200 \
         --algos cql --eval-episodes 10 --hopper-prefix hopper --hopper-prefix cheetah --minari-root "$root" \
         --only-datasets "ArmReach mixed,Hopper medium,HalfCheetah medium" --peer-compile-algos cql \
         --variant cql:target_action=mean --variant "cql:lagrange=true;lagrange_lr=0.0001" \
         --variant "cql:target_action=mean;lagrange=true;lagrange_lr=0.0001" \
-        --workers "$workers" --json "$out/quality_cql.json" >"$out/quality_cql.log" 2>&1 &
-    timeout "$deadline" python3 benchmarks/quality.py --device cuda --steps 20000 --skip-arm \
+        --workers "$workers" --deadline-s $((deadline - 30)) --json "$out/quality_cql.json" \
+        >"$out/quality_cql.log" 2>&1 &
+    timeout "$deadline" python3 benchmarks/quality.py --device cuda --steps "${QSTEPS:-20000}" --skip-arm \
         --algos iql --no-peer --eval-episodes 10 --hopper-prefix hopper --minari-root "$root" \
         --variant iql:actor_lr_schedule=none --workers 2 --json "$out/quality_iql.json" \
         >"$out/quality_iql.log" 2>&1 &
-    timeout "$deadline" python3 benchmarks/model_based_quality.py --device cuda --methods mopo \
-        --arm-datasets "" --steps 50000 --hidden 256 --dynamics-steps 20000 --eval-episodes 20 \
-        --hopper-prefix hopper --minari-root "$root" --mopo-variant termination=none --workers 6 \
+    [ "${MOPO:-1}" = 1 ] && timeout "$deadline" python3 benchmarks/model_based_quality.py --device cuda \
+        --methods mopo --arm-datasets "" --steps "${MOPO_STEPS:-50000}" --hidden 256 \
+        --dynamics-steps "${MOPO_DYN_STEPS:-20000}" --eval-episodes 10 --hopper-prefix hopper \
+        --minari-root "$root" --mopo-variant termination=none --workers "${MOPO_WORKERS:-6}" \
         --json "$out/model_based.json" >"$out/model_based.log" 2>&1 &
     wait
     tail -n 25 "$out"/quality_cql.log "$out"/quality_iql.log "$out"/model_based.log
