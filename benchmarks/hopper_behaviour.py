@@ -70,6 +70,7 @@ def sac(device: torch.device, args: argparse.Namespace) -> CQL:
     obs_dim, act_dim = len(info.observation_names), len(info.action_names)
     config = CQLConfig(
         conservative_weight=0.0,  # no conservative term: plain SAC
+        target_action="sample",  # SAC backs up a sampled next action (the recipe of the datasets)
         num_sampled_actions=1,  # the (now unused) regulariser samples as little as possible
         actor_lr=3e-4,
         critic_lr=3e-4,

@@ -30,6 +30,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "bc-nll": ("bc", {"loss": "nll"}),
     "cql": ("cql", {}),
     "cql-lagrange": ("cql", {"lagrange": True}),
+    "cql-sample": ("cql", {"target_action": "sample"}),  # the paper's sampled TD-target action
     # IQL's default decays the actor lr over the run (cosine), whose length only the Trainer
     # knows: built directly, it is given here. "iql-cosine" ends its decay inside these tests.
     "iql": ("iql", {"actor_lr_schedule_steps": 1000}),
@@ -312,6 +313,33 @@ def test_cql_pushes_both_critics_up_on_data_and_down_elsewhere() -> None:
             assert metrics["conservative_gap"].item() < first_gap.item() - 0.5
     assert (gaps[5.0] > 0.5).all(), f"both critics must rank data above random: {gaps[5.0].tolist()}"
     assert (gaps[0.0].abs() < 0.2).all(), gaps[0.0].tolist()
+
+
+@pytest.mark.parametrize("target_action", ["mean", "sample"])
+def test_cql_td_target_backs_up_the_chosen_next_action(target_action: str) -> None:
+    """y = r + gamma (1 - done) min_i Q'_i(s', a'): a' = tanh(mu(s')) by default ("mean", as
+    d3rlpy), a sample of pi(.|s') with "sample" (the paper). The update's td_loss (computed from
+    the pre-step networks) matches the deterministic target exactly for "mean" and not for "sample"."""
+    torch.manual_seed(0)
+    algo = make_algo("cql", 2, target_action=target_action)
+    batch = make_batch(2)
+    with torch.no_grad():
+        next_actions = algo.actor.mode(batch.next_observations)
+        target_q = algo.target_critic(batch.next_observations, next_actions).amin(dim=1)
+        y = batch.rewards + algo.config.discount * (1.0 - batch.terminals) * target_q
+        q_data = algo.critic(batch.observations, batch.actions)
+        expected = (q_data - y.unsqueeze(1)).square().sum(1).mean(-1)  # [S]
+    got = algo.update(batch).metrics["td_loss"]
+    if target_action == "mean":
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert not torch.allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_cql_entropy_backup_needs_a_sampled_target_action() -> None:
+    with pytest.raises(ConfigError, match="target_action: sample"):
+        make_algo("cql", 1, backup_entropy=True)
+    assert make_algo("cql", 1, backup_entropy=True, target_action="sample").config.backup_entropy
 
 
 @pytest.mark.parametrize(("threshold", "direction"), [(100.0, -1), (-100.0, 1)])

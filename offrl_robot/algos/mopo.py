@@ -105,6 +105,7 @@ class MOPOConfig(CQLConfig):
     # value is unused here; N = 1 keeps that waste small. The TD target uses one sample anyway.
     num_sampled_actions: int = 1
     backup_entropy: bool = True
+    target_action: str = "sample"  # SAC's soft backup: a sampled a' and its entropy term
     dynamics: dict[str, Any] = field(default_factory=dict)
     dynamics_steps: int = 20_000
     dynamics_batch_size: int = 256
