@@ -13,7 +13,9 @@ prints one line plus a hint to re-run with `--debug` for the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 import traceback
 
@@ -97,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"offrl-robot {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `offrl-robot X | head`: the reader left. Point stdout at /dev/null so the interpreter's
+        # own flush at exit does not fail again, and say so in one line.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(
+            f"offrl-robot {name}: error: standard output closed early (broken pipe); "
+            "redirect the output to a file instead of a pipe that exits early",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as err:  # a bug, not a user error: still one line unless --debug
         if debug:
             traceback.print_exc()

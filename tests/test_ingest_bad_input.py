@@ -376,6 +376,20 @@ def test_broken_stdout_pipe(minari_root, tmp_path, good_bags):
     assert list(minari_root.iterdir()) == []
 
 
+def test_broken_stdout_pipe_in_any_command(tmp_path, good_bags):
+    """`offrl-robot bag-info BAG | head -0` (any command, not only ingest): one line on stderr,
+    exit 1, no traceback."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "offrl_robot.cli", "bag-info", str(good_bags["mcap"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the report is printed
+    err = proc.stderr.read().decode().strip()
+    assert proc.wait(timeout=300) == 1, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("offrl-robot bag-info: error: standard output closed early (broken pipe)")
+
+
 def test_nan_names_joint_field_topic_and_time(capsys, minari_root, tmp_path):
     """A NaN fr3_joint5 position in the arm messages around command 10 (rows 0-9 are clean)."""
     probe = write_fr3_bag(tmp_path / "probe", episodes=1, seconds=0.3, seed=4)
