@@ -24,6 +24,7 @@ log interval and seed), `eval.csv`, TensorBoard event files, `summary.json` (wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -225,6 +226,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads `1e-3` (no dot) as a string: take the number it spells
+            with contextlib.suppress(ValueError):
+                value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"config field {name!r} must be a finite number, got {value!r}")
         return float(value)
@@ -233,6 +238,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
         return value
     return value
+
+
+def _is_scalar_hint(hint: Any) -> bool:
+    """float / int / bool / str, optionally `| None`: the hints `_coerce` checks fully."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    inner = [o for o in options if o is not type(None)]
+    return len(inner) == 1 and inner[0] in (float, int, bool, str)
 
 
 def build_algo_config(
@@ -254,6 +266,11 @@ def build_algo_config(
     values = dict(params)
     if "batch_size" in fields:
         values["batch_size"] = batch_size
+    hints = typing.get_type_hints(config_class)
+    for name, value in values.items():
+        # scalar fields are checked like the top-level ones (a `1e-3` string becomes 1e-3)
+        if _is_scalar_hint(hints.get(name)):
+            values[name] = _coerce(f"algo_config.{name}", value, hints[name])
     for name, value in values.items():
         default = fields[name].default
         if isinstance(default, tuple) and isinstance(value, list):

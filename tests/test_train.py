@@ -95,6 +95,21 @@ def test_config_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
             TrainConfig.from_yaml(path)
 
 
+def test_exponent_numbers_yaml_reads_as_strings_are_numbers(tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads `1e-3` as the string '1e-3': a learning rate written that way
+    trains at 1e-3, and a word where a number belongs is a one-line error naming the field."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("algo: bc\nalgo_config:\n  learning_rate: 1e-3\n")
+    config = TrainConfig.from_yaml(path)
+    assert config.algo_config["learning_rate"] == "1e-3"  # what YAML hands over
+    built = build_algo_config(REGISTRY["bc"], config.algo_config, config.batch_size)
+    assert isinstance(built.learning_rate, float) and built.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match=r"'algo_config.learning_rate' must be a finite number, got 'fast'"):
+        build_algo_config(REGISTRY["bc"], {"learning_rate": "fast"}, 256)
+    with pytest.raises(ConfigError, match=r"'algo_config.learning_rate' must be a finite number"):
+        build_algo_config(REGISTRY["bc"], {"learning_rate": "nan"}, 256)
+
+
 def test_config_error_is_one_line_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     typo = tmp_path / "typo.yaml"
     typo.write_text("algo: bc\nbatchsize: 10\n")
