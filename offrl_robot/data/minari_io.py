@@ -42,7 +42,8 @@ from offrl_robot.errors import DatasetError
 METADATA_FILE = "offrl_metadata.json"
 SIDECAR_FORMAT = "offrl_robot.dataset/1"
 _VERSION = re.compile(r"-v(\d+)$")
-_ID_CHARS = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+# Minari's own id grammar: no '.' anywhere (`my.data-v0` is "Malformed" to it)
+_ID_CHARS = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 LIST_HINT = "list local ones with `offrl-robot dataset-info --list` (or `minari list local`)"
 
 
@@ -50,9 +51,10 @@ LIST_HINT = "list local ones with `offrl-robot dataset-info --list` (or `minari 
 def dataset_id_from_name(name: str) -> str:
     """`arm_reach/expert` -> `arm_reach/expert-v0`; Minari requires a version suffix."""
     name = name.strip().strip("/")
-    if not name or not _ID_CHARS.match(name) or any(part in (".", "..") for part in name.split("/")):
+    if not name or not _ID_CHARS.match(name):
         raise DatasetError(
-            f"dataset name {name!r} is not valid; use letters, digits, '_', '-', '.' and '/' (e.g. arm_reach/expert-v0)"
+            f"dataset name {name!r} is not valid; use letters, digits, '_', '-' and '/' (no '.'; "
+            "e.g. arm_reach/expert-v0)"
         )
     return name if _VERSION.search(name) else f"{name}-v0"
 
