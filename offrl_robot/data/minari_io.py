@@ -51,12 +51,20 @@ LIST_HINT = "list local ones with `offrl-robot dataset-info --list` (or `minari 
 def dataset_id_from_name(name: str) -> str:
     """`arm_reach/expert` -> `arm_reach/expert-v0`; Minari requires a version suffix."""
     name = name.strip().strip("/")
+    problem = (
+        f"dataset name {name!r} is not valid; use letters, digits, '_', '-' and '/' (no '.', a "
+        "namespace of 2+ characters; e.g. arm_reach/expert-v0)"
+    )
     if not name or not _ID_CHARS.match(name):
-        raise DatasetError(
-            f"dataset name {name!r} is not valid; use letters, digits, '_', '-' and '/' (no '.'; "
-            "e.g. arm_reach/expert-v0)"
-        )
-    return name if _VERSION.search(name) else f"{name}-v0"
+        raise DatasetError(problem)
+    dataset_id = name if _VERSION.search(name) else f"{name}-v0"
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    try:
+        parse_dataset_id(dataset_id)  # Minari's own grammar decides what it will save and load
+    except ValueError:
+        raise DatasetError(problem) from None
+    return dataset_id
 
 
 def datasets_root(root: str | os.PathLike[str] | None = None) -> Path:
