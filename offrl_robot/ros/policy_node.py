@@ -104,7 +104,7 @@ from offrl_robot.ros.diagnostics import (
 )
 from offrl_robot.ros.observation import ObservationAssembler, parse_extra_topics
 from offrl_robot.ros.policy_setup import PolicySetup, load_policy_setup
-from offrl_robot.ros.process import init_ros, wants_help
+from offrl_robot.ros.process import init_ros, interrupted, wants_help
 from offrl_robot.ros.process import usage as process_usage
 from offrl_robot.safety import Intervention
 
@@ -1026,6 +1026,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
+    except RuntimeError:
+        if not interrupted():  # the interrupt landed inside an rclpy C++ call: still a clean stop
+            raise
     finally:
         if node.is_active and rclpy.ok():
             node.stop_commanding("shutting down")
