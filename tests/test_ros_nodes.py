@@ -57,7 +57,7 @@ KP = 3.0  # 1/s: joint velocity command per rad of error
 
 def goal_for(joint_angles: list[float]) -> list[float]:
     """End-effector position (m) at these joint angles: forward kinematics of the sim's own MJCF."""
-    from offrl_robot.sim.arm_reach import ArmKinematics, load_model
+    from offrl_robot.sim.arm_kinematics import ArmKinematics, load_model
 
     return [float(v) for v in ArmKinematics(load_model()).site_position(np.asarray(joint_angles))]
 
