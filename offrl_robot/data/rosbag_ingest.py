@@ -560,7 +560,7 @@ def _as_of(data: TopicData | Stream, ticks: np.ndarray, max_age_ns: float) -> tu
     return safe, ok
 
 
-def _load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
+def load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
     """A registered reward (offrl_robot/registry.py), or the user's own `module:function`: ingest is
     the user running their own spec offline, so an unregistered import is allowed here (never in
     the deployed path). A reward that takes the task (`task=`, e.g. `reach`: forward kinematics of
@@ -637,7 +637,7 @@ def _needed_topics(bag: Bag, spec: IngestSpec) -> dict[str, TopicFields | None]:
     return needed
 
 
-def _decode_topics(
+def decode_topics(
     bag: Bag,
     needed: dict[str, TopicFields | None],
     use_header: bool,
@@ -802,7 +802,7 @@ def _ingest_one(bag: Bag, spec: IngestSpec, report: SyncReport, resolver: TypeRe
     """Decode, tick, align and assemble the transitions of one bag."""
     al, ep = spec.alignment, spec.episodes
     needed = _needed_topics(bag, spec)
-    data, offsets = _decode_topics(bag, needed, al.time_source == "header", resolver, report)
+    data, offsets = decode_topics(bag, needed, al.time_source == "header", resolver, report)
     _check_clocks(bag, spec, data, offsets, report)
     period_ns = NS / spec.control_rate_hz
     act_data = data[spec.action.topic]
@@ -995,7 +995,7 @@ def ingest_bag(
 
 def _function_rewards(name: str, result: _BagResult, bag: str, task: str | None = None) -> np.ndarray:
     """Call the named reward function on one bag's arrays; whatever goes wrong is one line."""
-    func = _load_reward_function(name, task)
+    func = load_reward_function(name, task)
     rows = len(result.observations)
     try:
         rewards = func(result.observations, result.actions, result.next_observations)
