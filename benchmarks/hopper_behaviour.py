@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 from offrl_robot.accel import make_update_step  # noqa: E402
 from offrl_robot.algos import CQL, CQLConfig  # noqa: E402
-from offrl_robot.data.collect import _rollouts, collect  # noqa: E402
+from offrl_robot.data.collect import collect, rollouts  # noqa: E402
 from offrl_robot.data.minari_io import save_dataset  # noqa: E402
 from offrl_robot.sim import make_env, task_info  # noqa: E402
 
@@ -177,7 +177,7 @@ def main() -> int:
 
     env = make_env(args.task)
     try:
-        medium = _rollouts(env, info, behaviour, args.episodes, args.seed, low, high, None, "sac-medium", 0.0)
+        medium = rollouts(env, info, behaviour, args.episodes, args.seed, low, high, None, "sac-medium", 0.0)
     finally:
         env.close()
     made = [("medium", medium)]

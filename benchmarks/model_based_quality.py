@@ -53,11 +53,11 @@ for folder in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(folder))
 
 from quality import (  # noqa: E402
-    _mean_std,
-    _parse_variant,
-    _pin_worker_gpu,
     load_hopper_datasets,
     make_arm_datasets,
+    mean_std,
+    parse_variant,
+    pin_worker_gpu,
 )
 
 METHODS = ("mpc", "mopo", "cql", "iql")
@@ -210,8 +210,8 @@ def table(rows: list[dict[str, Any]], methods: list[str], datasets: list[str]) -
         cells = []
         for method in methods:
             mine = [r for r in rows if r["dataset"] == name and (r.get("label") or r["method"]) == method]
-            cells.append(_mean_std([r["success_rate"] for r in mine]) if mine else "not run")
-            cells.append(_mean_std([r["mean_return"] for r in mine]) if mine else "not run")
+            cells.append(mean_std([r["success_rate"] for r in mine]) if mine else "not run")
+            cells.append(mean_std([r["mean_return"] for r in mine]) if mine else "not run")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -257,7 +257,7 @@ def main() -> int:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := sorted(set(methods) - set(METHODS)):
         parser.error(f"unknown --methods {unknown}; choose from {','.join(METHODS)}")
-    variants = [(f"mopo {text}", _parse_variant(f"mopo:{text}")[1]) for text in args.mopo_variant]
+    variants = [(f"mopo {text}", parse_variant(f"mopo:{text}")[1]) for text in args.mopo_variant]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     arm = [f"ArmReach {d}" for d in args.arm_datasets.split(",") if d]
 
@@ -313,7 +313,7 @@ def main() -> int:
         with ProcessPoolExecutor(
             max_workers=args.workers,
             mp_context=ctx,
-            initializer=_pin_worker_gpu,
+            initializer=pin_worker_gpu,
             initargs=(ctx.Value("i", 0), gpus),
         ) as pool:
             futures = {pool.submit(run_job, job): job for job in jobs}

@@ -111,7 +111,7 @@ def load_hopper_datasets(
 
 
 # ------------------------------------------------------------------------------------- jobs
-def _pin_worker_gpu(counter: Any, gpus: list[str]) -> None:
+def pin_worker_gpu(counter: Any, gpus: list[str]) -> None:
     """Pool initializer: worker k sees only GPU gpus[k mod len(gpus)] (set before it imports
     torch), so jobs spread over every GPU given and each process has one current device."""
     with counter.get_lock():
@@ -259,7 +259,7 @@ def _train_d3rlpy(job: Job, dataset: Any) -> list[dict[str, Any]]:
     return results
 
 
-def _parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+def parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """ "cql:lagrange=true;conservative_weight=10" -> ("cql", (("lagrange", True), ...))."""
     import yaml
 
@@ -274,7 +274,7 @@ def _parse_variant(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
 
 
 # ------------------------------------------------------------------------------------ table
-def _mean_std(values: list[float | None]) -> str:
+def mean_std(values: list[float | None]) -> str:
     """mean ± sample std (ddof = 1, `offrl_robot.stats`: tables before 2026-12-04 printed ddof = 0)."""
     from offrl_robot.stats import sample_std
 
@@ -342,7 +342,7 @@ def main() -> int:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     peer_cpu_algos = {a for a in args.peer_cpu_algos.split(",") if a}
     peer_compile_algos = {a for a in args.peer_compile_algos.split(",") if a}
-    variants = [_parse_variant(v) for v in args.variant]
+    variants = [parse_variant(v) for v in args.variant]
     bf16_algos = {a for a in args.bf16_algos.split(",") if a}
     if bf16_algos and not args.device.startswith("cuda"):
         parser.error("--bf16-algos needs --device cuda (precision bf16 is a CUDA mode)")
@@ -407,7 +407,7 @@ def main() -> int:
         pool = ProcessPoolExecutor(
             max_workers=args.workers,
             mp_context=ctx,
-            initializer=_pin_worker_gpu,
+            initializer=pin_worker_gpu,
             initargs=(ctx.Value("i", 0), gpus),
         )
         futures = {pool.submit(run_job, job): job for job in jobs}
@@ -459,9 +459,9 @@ def main() -> int:
             ours = merged.get((name, algo, "ours"), [])
             peer = merged.get((name, algo, "d3rlpy"), [])
             print(
-                f"| {name} | {algo} | {_mean_std([r['success_rate'] for r in ours])} | "
-                f"{_mean_std([r['success_rate'] for r in peer])} | {_mean_std([r['mean_return'] for r in ours])} | "
-                f"{_mean_std([r['mean_return'] for r in peer])} | {seconds.get((name, algo, 'ours'), 0):.0f} | "
+                f"| {name} | {algo} | {mean_std([r['success_rate'] for r in ours])} | "
+                f"{mean_std([r['success_rate'] for r in peer])} | {mean_std([r['mean_return'] for r in ours])} | "
+                f"{mean_std([r['mean_return'] for r in peer])} | {seconds.get((name, algo, 'ours'), 0):.0f} | "
                 f"{seconds.get((name, algo, 'd3rlpy'), 0):.0f} |"
             )
     extra = sorted({k[2] for k in merged} - {"ours", "d3rlpy"})
@@ -478,9 +478,9 @@ def main() -> int:
                 cells = [merged.get((name, algo, lib), []) for lib in (library, "ours", "d3rlpy")]
                 print(
                     f"| {name} | {algo} | "
-                    + " | ".join(_mean_std([r["success_rate"] for r in c]) for c in cells)
+                    + " | ".join(mean_std([r["success_rate"] for r in c]) for c in cells)
                     + " | "
-                    + " | ".join(_mean_std([r["mean_return"] for r in c]) for c in cells)
+                    + " | ".join(mean_std([r["mean_return"] for r in c]) for c in cells)
                     + " |"
                 )
     return 0

@@ -201,7 +201,7 @@ class CompiledCPUStep(EagerStep):
         if self._guarded_calls <= 0:
             return super().__call__(step)
         self._guarded_calls -= 1
-        snapshot = _LearningState(self.algo, list(getattr(self.sampler, "generators", [])))
+        snapshot = LearningState(self.algo, list(getattr(self.sampler, "generators", [])))
         try:
             return super().__call__(step)
         except Exception as err:  # any compiler failure falls back, named once
@@ -211,7 +211,7 @@ class CompiledCPUStep(EagerStep):
             return super().__call__(step)
 
 
-class _LearningState:
+class LearningState:
     """A snapshot of everything a warm-up step changes, restorable IN PLACE (graphs keep pointers)."""
 
     def __init__(self, algo: Algorithm, generators: list[torch.Generator]) -> None:
@@ -311,7 +311,7 @@ class GraphStep:
             self._capture_at_precision()
 
     def _capture_at_precision(self) -> None:
-        snapshot = _LearningState(self.algo, self._generators)
+        snapshot = LearningState(self.algo, self._generators)
         try:
             self._warm_up_and_capture(snapshot)
         except BaseException:
@@ -319,7 +319,7 @@ class GraphStep:
             snapshot.restore()  # a failed compile/capture leaves no trace in the learning state
             raise
 
-    def _warm_up_and_capture(self, snapshot: _LearningState) -> None:
+    def _warm_up_and_capture(self, snapshot: LearningState) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "offrl_robot.data.collect",
         "roll out a policy in MuJoCo; write a dataset (and a rosbag2 log)",
     ),
-    "ingest": ("offrl_robot.data.rosbag_ingest", "turn rosbag2 logs into a dataset using a YAML spec"),
+    "ingest": ("offrl_robot.data.ingest_cli", "turn rosbag2 logs into a dataset using a YAML spec"),
     "record": (
         "offrl_robot.ros.record",
         "record ROS 2 topics to a rosbag2 bag (raw CDR; no ROS install needed)",

@@ -11,7 +11,7 @@ import torch
 
 from offrl_robot.accel import (
     EagerStep,
-    _LearningState,
+    LearningState,
     gather_batch,
     make_update_step,
     update_period,
@@ -136,7 +136,7 @@ def test_warmup_then_restore_leaves_no_trace(name: str) -> None:
     torch.manual_seed(1)
     algo = _algo(name)
     sampler = UniformSampler(N, 8, [0, 1])
-    snapshot = _LearningState(algo, [torch.default_generator, *sampler.generators])
+    snapshot = LearningState(algo, [torch.default_generator, *sampler.generators])
     _train(EagerStep(algo, sampler, data), 3)  # warm-up: weights, Adam moments, RNG all move
     snapshot.restore()
     _train(EagerStep(algo, sampler, data), 5)

@@ -299,10 +299,10 @@ def test_times_only_reference_ticks_on_its_header_stamps(shared_data: Path) -> N
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in refs]
     assert all(t != s for (t, _), s in zip(refs, stamps, strict=True))  # the two clocks differ here
     from offrl_robot.data.bag_reader import TypeResolver
-    from offrl_robot.data.rosbag_ingest import SyncReport, _decode_topics
+    from offrl_robot.data.rosbag_ingest import SyncReport, decode_topics
 
     for use_header, want in ((True, stamps), (False, [t for t, _ in refs])):
-        data, _ = _decode_topics(
+        data, _ = decode_topics(
             Bag(path), {"/servo/in/state": None}, use_header, TypeResolver(), SyncReport()
         )
         assert data["/servo/in/state"].times.tolist() == want

@@ -195,7 +195,7 @@ def test_mopo_registered_and_fits_its_own_dynamics_per_seed(tmp_path: Path) -> N
 def test_mopo_resume_is_bit_identical_and_does_not_refit(tmp_path: Path) -> None:
     """Stop after the first checkpoint (as a SIGKILL would leave it), resume, compare with a
     straight run: weights (dynamics included), optimiser, model buffer, sampler, RNG."""
-    from test_resume import _assert_same
+    from test_resume import assert_same
 
     dataset = linear_dataset(1500)
     rule = {"termination": "test_x0_positive"}  # rollouts that end: per-seed buffer fill levels differ
@@ -230,7 +230,7 @@ def test_mopo_resume_is_bit_identical_and_does_not_refit(tmp_path: Path) -> None
     b = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
     assert a["step"] == b["step"] == 40
     for key in ("algo_state", "optimizer_state", "sampler", "rng"):
-        _assert_same(a[key], b[key], key)
+        assert_same(a[key], b[key], key)
 
 
 def test_mopo_from_defaults_exports_through_the_cli(

@@ -22,21 +22,21 @@ pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
 
 from onnx import TensorProto, helper, numpy_helper
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
-from std_msgs.msg import Bool
-from test_ros_nodes import (
+from ros_helpers import (
     ARM_JOINTS,
     FAST_SAFETY,
     HOME_TARGET,
     OFF_TARGET,
-    _domain,
-    _drive,
-    _is_zero,
-    _output,
-    _policy_cmd,
-    _wait_commanding,
+    child_output,
+    domain_id,
+    drive,
     goal_for,
+    is_zero,
+    policy_cmd,
+    wait_commanding,
     write_p_controller,
 )
+from std_msgs.msg import Bool
 from test_ros_policy_setup import FULL_VERDICT as VERDICT
 
 from offrl_robot import card as card_module
@@ -62,21 +62,21 @@ def _diag_with(probe: RosProbe, since: float, predicate, timeout: float = 3.0): 
 
 # ----------------------------------------------------------------------------------------- e-stop
 def test_estop_latch_survives_lifecycle_cycle_and_restart(ros_env, run_child, p_controller: Path) -> None:
-    cmd = _policy_cmd(p_controller, *FAST_SAFETY)
+    cmd = policy_cmd(p_controller, *FAST_SAFETY)
     policy = run_child.start(cmd, env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        _wait_commanding(probe, policy)
+        wait_commanding(probe, policy)
         probe.publish_estop(True)
         probe.publish_estop(False)  # releasing the button does not release the latch
-        assert probe.spin_until(lambda: _is_zero(probe.cmds[-1].data), 2.0)
+        assert probe.spin_until(lambda: is_zero(probe.cmds[-1].data), 2.0)
         # deactivate -> cleanup -> configure -> activate: still latched
         for transition in ("deactivate", "cleanup", "configure", "activate"):
             assert probe.lifecycle("policy_node", transition) is True, transition
         cycled = time.monotonic()
-        _drive(probe, 0.5, position=OFF_TARGET)
+        drive(probe, 0.5, position=OFF_TARGET)
         after = probe.cmds_since(cycled)
-        assert after and all(_is_zero(c.data) for c in after), [c.data for c in after]
+        assert after and all(is_zero(c.data) for c in after), [c.data for c in after]
         diag = _diag_with(probe, cycled, lambda d: d.data.get("estop") == "latched" and d.level == 2)
         assert diag is not None and "e-stop latched" in diag.message
         # a process restart (SIGKILL: no chance to clean up) keeps it latched too
@@ -84,85 +84,85 @@ def test_estop_latch_survives_lifecycle_cycle_and_restart(ros_env, run_child, p_
         policy = run_child.start(cmd, env=ros_env)
         restarted = time.monotonic()
         probe.spin_until(lambda: bool(probe.cmds_since(restarted)), 30.0)
-        _drive(probe, 0.5, position=OFF_TARGET)
+        drive(probe, 0.5, position=OFF_TARGET)
         after = probe.cmds_since(restarted)
-        assert after and all(_is_zero(c.data) for c in after), _output(policy)
+        assert after and all(is_zero(c.data) for c in after), child_output(policy)
         # only ~/reset_estop releases it
         response = probe.trigger("/policy_node/reset_estop")
         assert response is not None and response.success, response
-        _wait_commanding(probe, policy, timeout=5.0)
+        wait_commanding(probe, policy, timeout=5.0)
         assert policy.poll() is None
 
 
 def test_estop_before_start_and_from_any_publisher_qos_is_heard(
     ros_env, run_child, p_controller: Path
 ) -> None:
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         latched = QoSProfile(
             depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
         )
         button = probe.node.create_publisher(Bool, "/estop", latched)
         button.publish(Bool(data=True))  # pressed BEFORE the node exists
-        policy = run_child.start(_policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
+        policy = run_child.start(policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
         probe.publish_goal(goal_for(HOME_TARGET))
         start = time.monotonic()
-        assert probe.spin_until(lambda: len(probe.cmds) > 5, 30.0), _output(policy)
-        _drive(probe, 0.4, position=OFF_TARGET)
-        assert all(_is_zero(c.data) for c in probe.cmds_since(start)), "transient-local e-stop missed"
+        assert probe.spin_until(lambda: len(probe.cmds) > 5, 30.0), child_output(policy)
+        drive(probe, 0.4, position=OFF_TARGET)
+        assert all(is_zero(c.data) for c in probe.cmds_since(start)), "transient-local e-stop missed"
         button.publish(Bool(data=False))
         assert probe.trigger("/policy_node/reset_estop").success
-        _wait_commanding(probe, policy, timeout=5.0)
+        wait_commanding(probe, policy, timeout=5.0)
         # a best-effort publisher (another vendor's e-stop box) is heard too
         best_effort = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT)
         box = probe.node.create_publisher(Bool, "/estop", best_effort)
         probe.spin_for(0.5)  # discovery
         box.publish(Bool(data=True))
         pressed = time.monotonic()
-        _drive(probe, 0.3, position=OFF_TARGET)
+        drive(probe, 0.3, position=OFF_TARGET)
         late = [c for c in probe.cmds_since(pressed) if c.t > pressed + 0.1]
-        assert late and all(_is_zero(c.data) for c in late), "best-effort e-stop missed"
+        assert late and all(is_zero(c.data) for c in late), "best-effort e-stop missed"
 
 
 def test_estop_heartbeat_loss_latches(ros_env, run_child, p_controller: Path) -> None:
     """With estop_heartbeat_timeout the robot never runs without a live e-stop source: silent at
     activation (the source is not up yet) = latched; silent later (it died) = latched again."""
     policy = run_child.start(
-        _policy_cmd(p_controller, *FAST_SAFETY, "-p", "estop_heartbeat_timeout:=0.3"), env=ros_env
+        policy_cmd(p_controller, *FAST_SAFETY, "-p", "estop_heartbeat_timeout:=0.3"), env=ros_env
     )
 
     def beat_and_drive(seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             probe.publish_estop(False)  # the heartbeat: "not pressed"
-            _drive(probe, 0.1, position=OFF_TARGET)
+            drive(probe, 0.1, position=OFF_TARGET)
 
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
         tripped = _diag_with(
             probe, 0.0, lambda d: "heartbeat" in d.data.get("estop_reason", ""), timeout=30.0
         )
-        assert tripped is not None and tripped.level == 2, _output(policy)
+        assert tripped is not None and tripped.level == 2, child_output(policy)
         start = time.monotonic()
         beat_and_drive(0.5)
-        assert all(_is_zero(c.data) for c in probe.cmds_since(start)), "latched until reset, beats or not"
+        assert all(is_zero(c.data) for c in probe.cmds_since(start)), "latched until reset, beats or not"
         assert probe.trigger("/policy_node/reset_estop").success  # the source is up now
         beat_and_drive(0.6)
-        assert probe.cmds and not _is_zero(probe.cmds[-1].data), _output(policy)
+        assert probe.cmds and not is_zero(probe.cmds[-1].data), child_output(policy)
         silent = time.monotonic()  # the e-stop source dies (no more heartbeats)
-        _drive(probe, 1.0, position=OFF_TARGET)
-        zeros = [c.t for c in probe.cmds_since(silent) if _is_zero(c.data)]
+        drive(probe, 1.0, position=OFF_TARGET)
+        zeros = [c.t for c in probe.cmds_since(silent) if is_zero(c.data)]
         assert zeros and zeros[0] - silent < 0.3 + 0.5, "heartbeat loss must latch the e-stop"
-        assert all(_is_zero(c.data) for c in probe.cmds_since(zeros[0]))
+        assert all(is_zero(c.data) for c in probe.cmds_since(zeros[0]))
 
 
 # ----------------------------------------------------------------------------------------- parameters
 def test_safety_parameters_are_read_only_and_every_set_is_logged(
     ros_env, run_child, p_controller: Path
 ) -> None:
-    policy = run_child.start(_policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        _wait_commanding(probe, policy)
+        wait_commanding(probe, policy)
         # a remote attacker (or a fat finger) tries to unlock the robot
         for name, value in (
             ("max_slew_rate", [1e9]),  # a DOUBLE_ARRAY: arrives as array.array
@@ -185,8 +185,8 @@ def test_safety_parameters_are_read_only_and_every_set_is_logged(
         # the accepted list parameter is used by the next configure (not a silent failure)
         assert probe.lifecycle("policy_node", "configure") is True
         assert probe.lifecycle("policy_node", "activate") is True
-        _wait_commanding(probe, policy, timeout=5.0)
-    out = _output(policy)
+        wait_commanding(probe, policy, timeout=5.0)
+    out = child_output(policy)
     assert "parameter set refused: max_slew_rate=" in out and "read-only" in out, out
     assert "parameter set: joint_names=" in out, out
     assert "parameter set refused: joint_names=" in out, out
@@ -215,9 +215,9 @@ def test_position_arm_is_held_at_its_measured_pose_never_driven_to_zero(
     model = _position_model(tmp_path)
     rate = 1.0  # rad/s
     policy = run_child.start(
-        _policy_cmd(model, "-p", f"max_slew_rate:=[{rate}]", "-p", "blend_in_ticks:=5"), env=ros_env
+        policy_cmd(model, "-p", f"max_slew_rate:=[{rate}]", "-p", "blend_in_ticks:=5"), env=ros_env
     )
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
         probe.spin_for(3.0)
         assert probe.cmds == [], "no command before the arm's position is known"
@@ -226,10 +226,10 @@ def test_position_arm_is_held_at_its_measured_pose_never_driven_to_zero(
         pose = [q - 0.2 for q in HOME_TARGET]
         end = time.monotonic() + 20.0
         while not probe.cmds and time.monotonic() < end:
-            _drive(probe, 0.1, position=pose)
-        _drive(probe, 0.5, position=pose)
+            drive(probe, 0.1, position=pose)
+        drive(probe, 0.5, position=pose)
         cmds = probe.cmds
-        assert cmds, _output(policy)
+        assert cmds, child_output(policy)
         np.testing.assert_allclose(cmds[0].data, pose, atol=1e-9)  # blend-in starts AT the measured pose
         steps = np.abs(np.diff([c.data for c in cmds], axis=0)).max(axis=1)
         assert steps.max() <= rate * 0.02 + 1e-9  # per second x tick (timer at 50 Hz)
@@ -241,7 +241,7 @@ def test_position_arm_is_held_at_its_measured_pose_never_driven_to_zero(
         held = [q + 0.05 for q in pose]
         probe.publish_estop(True)
         pressed = time.monotonic()
-        _drive(probe, 0.3, position=held)
+        drive(probe, 0.3, position=held)
         late = [c.data for c in probe.cmds_since(pressed) if c.t > pressed + 0.1]
         assert late and all(np.allclose(c, held, atol=1e-6) for c in late), late[-1:]
 
@@ -252,18 +252,18 @@ def test_header_stamps_from_the_future_or_too_old_are_stale(
     ros_env, run_child, p_controller: Path, offset: float, needle: str
 ) -> None:
     policy = run_child.start(
-        _policy_cmd(p_controller, *FAST_SAFETY, "-p", "use_header_stamp:=true"), env=ros_env
+        policy_cmd(p_controller, *FAST_SAFETY, "-p", "use_header_stamp:=true"), env=ros_env
     )
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        _wait_commanding(probe, policy)
+        wait_commanding(probe, policy)
         bad = time.monotonic()
         end = bad + 1.6  # > 2 diagnostics periods: one whole window of mis-stamped input
         while time.monotonic() < end:
             probe.publish_joint_state(ARM_JOINTS, OFF_TARGET, [0.0] * 6, stamp_offset=offset)
             probe.spin_for(0.02)
         late = [c for c in probe.cmds_since(bad) if c.t > bad + 0.1]
-        assert late and all(_is_zero(c.data) for c in late), "a mis-stamped observation must not be used"
+        assert late and all(is_zero(c.data) for c in late), "a mis-stamped observation must not be used"
         reports = [d for d in probe.diags_since(bad) if needle in d.message]
         assert reports and reports[-1].level == 2, [(d.level, d.message) for d in probe.diags_since(bad)]
 
@@ -286,13 +286,13 @@ def test_non_finite_model_output_is_an_error_on_diagnostics(ros_env, run_child, 
         control_rate_hz=50.0,
         validation=VERDICT,
     )
-    policy = run_child.start(_policy_cmd(model, *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(model, *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        assert probe.spin_until(lambda: bool(probe.cmds), 30.0), _output(policy)  # discovery
+        assert probe.spin_until(lambda: bool(probe.cmds), 30.0), child_output(policy)  # discovery
         start = time.monotonic()
-        _drive(probe, 2.0, position=[1.0] * 6)
-        assert probe.cmds_since(start) and all(_is_zero(c.data) for c in probe.cmds_since(start)), _output(
+        drive(probe, 2.0, position=[1.0] * 6)
+        assert probe.cmds_since(start) and all(is_zero(c.data) for c in probe.cmds_since(start)), child_output(
             policy
         )
         active = [d for d in probe.diags_since(start + 1.0) if d.data.get("lifecycle_state") == "active"]
@@ -385,18 +385,18 @@ def test_slow_model_gives_the_safe_action_and_cannot_delay_the_estop(
     ros_env, run_child, tmp_path: Path
 ) -> None:
     model = _slow_model(tmp_path / "slow.onnx", seconds=0.3)
-    policy = run_child.start(_policy_cmd(model, *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(model, *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
         end = time.monotonic() + 60.0  # loading a large model takes a while
         while not probe.cmds and time.monotonic() < end:
-            _drive(probe, 0.1, position=OFF_TARGET)
-        assert probe.cmds, _output(policy)
+            drive(probe, 0.1, position=OFF_TARGET)
+        assert probe.cmds, child_output(policy)
         start = time.monotonic()
-        _drive(probe, 3.0, position=OFF_TARGET)
+        drive(probe, 3.0, position=OFF_TARGET)
         cmds = probe.cmds_since(start)
-        assert cmds, _output(policy)
-        assert all(_is_zero(c.data) for c in cmds), "an action later than max_inference_s must not go out"
+        assert cmds, child_output(policy)
+        assert all(is_zero(c.data) for c in cmds), "an action later than max_inference_s must not go out"
         # the safe action keeps flowing at the deadline, not once per 300 ms inference
         gaps = np.diff([c.t for c in cmds if c.t > start + 1.0])
         assert gaps.size and np.median(gaps) < 0.1, np.median(gaps)
@@ -436,7 +436,7 @@ def test_deploy_sim_without_a_sim_yaml_for_the_robot_fails_clearly(
     refused in one line instead of silently simulating ArmReach."""
     model = _position_model(tmp_path)
     params = tmp_path / "policy.yaml"
-    params.write_text(Path(_policy_cmd(model)[3]).read_text())
+    params.write_text(Path(policy_cmd(model)[3]).read_text())
     args = [
         sys.executable,
         "-m",

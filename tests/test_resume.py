@@ -28,18 +28,18 @@ STEPS = 800
 CHECKPOINT_EVERY = 100
 
 
-def _assert_same(a: Any, b: Any, where: str) -> None:
+def assert_same(a: Any, b: Any, where: str) -> None:
     """Recursive bit-exact comparison of checkpoint contents (tensors with torch.equal)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), where
         for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
+            assert_same(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
+            assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
 
@@ -101,11 +101,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, run_child: ChildPr
     again = load_checkpoint(list_checkpoints(killed_dir)[-1])
     assert straight["step"] == again["step"] == STEPS
     for key in ("algo_state", "optimizer_state", "sampler", "rng", "normalizer", "action_scale"):
-        _assert_same(straight[key], again[key], key)
+        assert_same(straight[key], again[key], key)
     # every checkpoint both runs wrote after the kill point matches too
     for path in list_checkpoints(straight_dir):
         other = killed_dir / "checkpoints" / path.name
-        _assert_same(load_checkpoint(path)["algo_state"], load_checkpoint(other)["algo_state"], path.name)
+        assert_same(load_checkpoint(path)["algo_state"], load_checkpoint(other)["algo_state"], path.name)
     # the logged per-seed losses are the same numbers (the CSV was cut back to the checkpoint).
     # Exception: TD3+BC reports its last actor loss on critic-only steps, a display value that is
     # not learning state, so the first interval after the resume point may show another one.

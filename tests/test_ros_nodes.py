@@ -31,126 +31,42 @@ import pytest
 pytest.importorskip("rclpy", reason="ROS 2 rclpy is not installed")
 
 
+from ros_helpers import (
+    ARM_JOINTS,
+    BIN,
+    FAST_SAFETY,
+    HOME_TARGET,
+    KP,
+    OFF_TARGET,
+    PERIOD,
+    POLICY_YAML,
+    WATCHDOG,
+    child_output,
+    domain_id,
+    drive,
+    goal_for,
+    is_zero,
+    policy_cmd,
+    wait_commanding,
+    write_p_controller,
+)
+
 from offrl_robot.card import card_path_for
-from offrl_robot.ros.linear_policy import write_linear_policy
 from offrl_robot.ros.probe import RosProbe
-from offrl_robot.sim.arm_reach import ACTION_NAMES, HOME_QPOS, JOINT_NAMES, OBSERVATION_NAMES
 
 pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-POLICY_YAML = REPO / "config" / "policy.yaml"
 SIM_YAML = REPO / "config" / "sim.yaml"
-PERIOD = 1.0 / 50.0
-WATCHDOG = 0.2
-# Test tweaks on top of config/policy.yaml: no slew limit and no blend-in, so "safe action" and
-# "policy action" are told apart on the very next tick.
-FAST_SAFETY = ["-p", "max_slew_rate:=[.inf]", "-p", "blend_in_ticks:=0", "-p", f"watchdog_timeout:={WATCHDOG}"]
-
-
-ARM_JOINTS = list(JOINT_NAMES)
-# q*: the P-controller's target joint angles, away from the sim's start posture (HOME +- 0.1).
-HOME_TARGET = [float(q) for q in HOME_QPOS + np.array([0.35, -0.25, 0.3, 0.3, -0.3, 0.2])]
-KP = 3.0  # 1/s: joint velocity command per rad of error
-
-
-def goal_for(joint_angles: list[float]) -> list[float]:
-    """End-effector position (m) at these joint angles: forward kinematics of the sim's own MJCF."""
-    from offrl_robot.sim.arm_reach import ArmKinematics, load_model
-
-    return [float(v) for v in ArmKinematics(load_model()).site_position(np.asarray(joint_angles))]
-
-
-def write_p_controller(path: Path, validated: bool) -> Path:
-    """action = KP (q* - q) over the ArmReach observation layout, as a real ONNX model + card.
-
-    The card's validation block is written here (passed or failed on purpose) to exercise the
-    node's gate; this controller was not run through the MuJoCo validation gate."""
-    from offrl_robot.sim import make_env
-
-    env = make_env("ArmReach-v0").unwrapped
-    weights = np.zeros((len(ACTION_NAMES), len(OBSERVATION_NAMES)))
-    weights[:, :6] = -KP * np.eye(6)
-    validation = {
-        "passed": validated,
-        "task": "ArmReach-v0",
-        "episodes": 10,
-        "metrics": {"success_rate": 1.0 if validated else 0.2},
-        "thresholds": {"success_rate": {"min": 0.8}},
-        "date": "2026-11-26T00:00:00Z",
-    }
-    return write_linear_policy(
-        path,
-        observation_names=OBSERVATION_NAMES,
-        action_names=ACTION_NAMES,
-        weights=weights,
-        bias=KP * np.asarray(HOME_TARGET),
-        action_low=env.action_low.tolist(),
-        action_high=env.action_high.tolist(),
-        control_rate_hz=env.control_rate_hz,
-        validation=validation,
-    )
-
-
-def _policy_cmd(model: Path, *extra: str) -> list[str]:
-    return [
-        str(BIN / "policy_node"),
-        "--ros-args",
-        "--params-file",
-        str(POLICY_YAML),
-        "-p",
-        f"model_path:={model}",
-        *extra,
-    ]
 
 
 def _sim_cmd(*extra: str) -> list[str]:
     return [str(BIN / "sim_node"), "--ros-args", "--params-file", str(SIM_YAML), *extra]
 
 
-def _domain(env: dict[str, str]) -> int:
-    return int(env["ROS_DOMAIN_ID"])
-
-
-def _output(proc) -> str:  # type: ignore[no-untyped-def]
-    """Everything a (killed) child printed."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=10)
-    return out or ""
-
-
-def _is_zero(values: list[float]) -> bool:
-    return all(v == 0.0 for v in values)
-
-
-def _drive(probe: RosProbe, seconds: float, position=HOME_TARGET, velocity=None, names=ARM_JOINTS) -> None:  # type: ignore[no-untyped-def]
-    """Play the robot driver: publish JointState at ~50 Hz for `seconds`."""
-    velocity = [0.0] * len(position) if velocity is None else velocity
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        probe.publish_joint_state(names, position, velocity)
-        probe.spin_for(PERIOD)
-
-
 @pytest.fixture
 def p_controller(tmp_path: Path) -> Path:
     return write_p_controller(tmp_path / "p_controller.onnx", validated=True)
-
-
-OFF_TARGET = [q + 0.3 for q in HOME_TARGET]  # the controller commands a clearly non-zero action here
-
-
-def _wait_commanding(probe: RosProbe, proc, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    """Drive with an off-target posture until /cmd carries the (non-zero) policy action."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        _drive(probe, 0.1, position=OFF_TARGET)
-        if probe.cmds and not _is_zero(probe.cmds[-1].data):
-            return
-        assert proc.poll() is None, _output(proc)
-    pytest.fail(f"policy_node never commanded; output:\n{_output(proc)}")
 
 
 # --------------------------------------------------------------------------- (a), (b): with sim_node
@@ -160,12 +76,12 @@ def test_closed_loop_reaches_goal(ros_env, run_child, p_controller: Path) -> Non
         _sim_cmd("-p", f"goal:=[{goal[0]:.6f},{goal[1]:.6f},{goal[2]:.6f}]", "-p", "real_time_factor:=2.0"),
         env=ros_env,
     )
-    policy = run_child.start(_policy_cmd(p_controller, "-p", "use_sim_time:=true"), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(p_controller, "-p", "use_sim_time:=true"), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         # Wait for both nodes to be up, then start a fresh episode (start posture away from q*),
         # so the whole approach is observed, however late discovery was.
         up = probe.spin_until(lambda: len(probe.metrics) > 2 and len(probe.cmds) > 2, timeout=60.0)
-        assert up, f"sim:\n{_output(sim)}\npolicy:\n{_output(policy)}"
+        assert up, f"sim:\n{child_output(sim)}\npolicy:\n{child_output(policy)}"
         response = probe.trigger("/sim_node/reset")
         assert response is not None and response.success, response
         reached = probe.spin_until(
@@ -173,10 +89,10 @@ def test_closed_loop_reaches_goal(ros_env, run_child, p_controller: Path) -> Non
             timeout=30.0,
         )
         episode = [m.data for m in probe.metrics if m.data["episode"] == 1.0]
-        assert reached, f"arm did not reach the goal; last metrics {episode[-1:]}\npolicy:\n{_output(policy)}"
+        assert reached, f"arm did not reach the goal; last metrics {episode[-1:]}\npolicy:\n{child_output(policy)}"
         assert episode[0]["distance_to_goal"] > 0.05, "the episode must start away from the goal"
         assert episode[-1]["distance_to_goal"] < 0.02
-        assert any(not _is_zero(c.data) for c in probe.cmds), "the policy must have moved the arm"
+        assert any(not is_zero(c.data) for c in probe.cmds), "the policy must have moved the arm"
         assert probe.spin_until(
             lambda: bool(probe.diags) and probe.diags[-1].message == "active: commanding", 5.0
         )
@@ -201,15 +117,15 @@ def test_closed_loop_reaches_goal(ros_env, run_child, p_controller: Path) -> Non
 def test_sim_killed_policy_publishes_safe_action(ros_env, run_child, p_controller: Path) -> None:
     far_goal = goal_for([q + 0.6 for q in HOME_TARGET])  # far: the arm is still moving when the sim dies
     sim = run_child.start(_sim_cmd("-p", f"goal:=[{far_goal[0]},{far_goal[1]},{far_goal[2]}]"), env=ros_env)
-    policy = run_child.start(_policy_cmd(p_controller, "-p", "use_sim_time:=true", *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
-        commanding = probe.spin_until(lambda: bool(probe.cmds) and not _is_zero(probe.cmds[-1].data), 60.0)
-        assert commanding, f"no policy command; policy:\n{_output(policy)}"
+    policy = run_child.start(policy_cmd(p_controller, "-p", "use_sim_time:=true", *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
+        commanding = probe.spin_until(lambda: bool(probe.cmds) and not is_zero(probe.cmds[-1].data), 60.0)
+        assert commanding, f"no policy command; policy:\n{child_output(policy)}"
         os.killpg(sim.pid, signal.SIGKILL)  # the robot side dies without a word (and /clock stops)
         killed = time.monotonic()
-        safe = probe.spin_until(lambda: any(_is_zero(c.data) for c in probe.cmds_since(killed)), 5.0)
-        assert safe, f"no safe action after the sim died; policy:\n{_output(policy)}"
-        first_safe = next(c.t for c in probe.cmds_since(killed) if _is_zero(c.data))
+        safe = probe.spin_until(lambda: any(is_zero(c.data) for c in probe.cmds_since(killed)), 5.0)
+        assert safe, f"no safe action after the sim died; policy:\n{child_output(policy)}"
+        first_safe = next(c.t for c in probe.cmds_since(killed) if is_zero(c.data))
         # Within the watchdog timeout + one check period; + 0.5 s slack for a 2-core CI machine shared
         # with other jobs (the design bound is WATCHDOG + PERIOD).
         assert first_safe - killed < WATCHDOG + PERIOD + 0.5, (
@@ -224,24 +140,24 @@ def test_sim_killed_policy_publishes_safe_action(ros_env, run_child, p_controlle
         # and it keeps the safe action going while nothing comes back
         probe.spin_for(0.5)
         later = probe.cmds_since(first_safe)
-        assert len(later) >= 5 and all(_is_zero(c.data) for c in later)
+        assert len(later) >= 5 and all(is_zero(c.data) for c in later)
         assert policy.poll() is None, "policy_node must stay up"
 
 
 # --------------------------------------------------------------------------- (c), (d): the test plays the driver
 def test_estop_latches_until_reset(ros_env, run_child, p_controller: Path) -> None:
-    policy = run_child.start(_policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        _wait_commanding(probe, policy)
+        wait_commanding(probe, policy)
         probe.publish_estop(True)
         pressed = time.monotonic()
-        _drive(probe, 0.6, position=OFF_TARGET)
+        drive(probe, 0.6, position=OFF_TARGET)
         after = probe.cmds_since(pressed)
         assert len(after) >= 10
         # At most one tick can race the e-stop message; everything from then on is the safe action.
-        assert sum(not _is_zero(c.data) for c in after) <= 1, [c.data for c in after[:3]]
-        assert all(_is_zero(c.data) for c in after[1:])
+        assert sum(not is_zero(c.data) for c in after) <= 1, [c.data for c in after[:3]]
+        assert all(is_zero(c.data) for c in after[1:])
         latched = [d for d in probe.diags_since(pressed) if d.data.get("estop") == "latched"]
         assert latched and latched[-1].level == 2, [d.data for d in probe.diags_since(pressed)]
         # interventions are counted by kind, with the tick latency percentiles beside them
@@ -250,20 +166,20 @@ def test_estop_latches_until_reset(ros_env, run_child, p_controller: Path) -> No
         # Releasing the button (False) does not release the latch.
         probe.publish_estop(False)
         released = time.monotonic()
-        _drive(probe, 0.4, position=OFF_TARGET)
-        assert all(_is_zero(c.data) for c in probe.cmds_since(released))
+        drive(probe, 0.4, position=OFF_TARGET)
+        assert all(is_zero(c.data) for c in probe.cmds_since(released))
         response = probe.trigger("/policy_node/reset_estop")
         assert response is not None and response.success, response
         reset = time.monotonic()
-        _drive(probe, 0.4, position=OFF_TARGET)
-        assert any(not _is_zero(c.data) for c in probe.cmds_since(reset)), "policy must resume after reset"
+        drive(probe, 0.4, position=OFF_TARGET)
+        assert any(not is_zero(c.data) for c in probe.cmds_since(reset)), "policy must resume after reset"
         assert policy.poll() is None
         # SIGTERM (what `ros2 launch` sends on shutdown): the last word on /cmd is the safe action.
         policy.send_signal(signal.SIGTERM)
         probe.spin_until(lambda: policy.poll() is not None, 10.0)
         probe.spin_for(0.3)
-        assert policy.returncode == 0, _output(policy)
-        assert _is_zero(probe.cmds[-1].data), probe.cmds[-1].data
+        assert policy.returncode == 0, child_output(policy)
+        assert is_zero(probe.cmds[-1].data), probe.cmds[-1].data
 
 
 @pytest.mark.parametrize(
@@ -279,16 +195,16 @@ def test_estop_latches_until_reset(ros_env, run_child, p_controller: Path) -> No
 def test_bad_joint_state_gives_safe_action_and_diagnostic(
     ros_env, run_child, p_controller: Path, names, position, needle
 ) -> None:
-    policy = run_child.start(_policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(p_controller, *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        _wait_commanding(probe, policy)
+        wait_commanding(probe, policy)
         bad = time.monotonic()
         velocity = [0.0] * len(position)
-        _drive(probe, 0.15, position=position, velocity=velocity, names=names)  # shorter than the watchdog
+        drive(probe, 0.15, position=position, velocity=velocity, names=names)  # shorter than the watchdog
         after = probe.cmds_since(bad)
-        assert after and sum(not _is_zero(c.data) for c in after) <= 1, [c.data for c in after]
-        assert _is_zero(after[-1].data)
+        assert after and sum(not is_zero(c.data) for c in after) <= 1, [c.data for c in after]
+        assert is_zero(after[-1].data)
         probe.spin_until(
             lambda: any(needle in d.data.get("observation_error", "") for d in probe.diags_since(bad)), 2.0
         )
@@ -297,35 +213,35 @@ def test_bad_joint_state_gives_safe_action_and_diagnostic(
         assert reports[0].level == 2 and "observation invalid" in reports[0].message
         # The node stays up and resumes on the next good message.
         good = time.monotonic()
-        _drive(probe, 0.3, position=OFF_TARGET)
-        assert any(not _is_zero(c.data) for c in probe.cmds_since(good))
+        drive(probe, 0.3, position=OFF_TARGET)
+        assert any(not is_zero(c.data) for c in probe.cmds_since(good))
         assert policy.poll() is None
 
 
 # --------------------------------------------------------------------------- (e), (f): lifecycle
 def test_lifecycle_transitions_through_standard_services(ros_env, run_child, p_controller: Path) -> None:
-    policy = run_child.start(_policy_cmd(p_controller, "-p", "autostart:=false", *FAST_SAFETY), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(p_controller, "-p", "autostart:=false", *FAST_SAFETY), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.publish_goal(goal_for(HOME_TARGET))
-        assert probe.lifecycle_state("policy_node", timeout=30.0) == "unconfigured", _output(policy)
-        _drive(probe, 0.2, position=OFF_TARGET)
+        assert probe.lifecycle_state("policy_node", timeout=30.0) == "unconfigured", child_output(policy)
+        drive(probe, 0.2, position=OFF_TARGET)
         assert probe.cmds == [], "an unconfigured node must not command"
         assert probe.lifecycle("policy_node", "configure") is True
         assert probe.lifecycle_state("policy_node") == "inactive"
-        _drive(probe, 0.2, position=OFF_TARGET)
+        drive(probe, 0.2, position=OFF_TARGET)
         assert probe.cmds == [], "an inactive node must not command"
         assert probe.lifecycle("policy_node", "activate") is True
         assert probe.lifecycle_state("policy_node") == "active"
-        _wait_commanding(probe, policy, timeout=5.0)
+        wait_commanding(probe, policy, timeout=5.0)
         assert probe.lifecycle("policy_node", "deactivate") is True
         assert probe.lifecycle_state("policy_node") == "inactive"
         # No wall-clock window on delivery: let what was in flight arrive (0.3 s of driving), then
         # the last word is the safe action and 0.3 s more of JointState input (which would tick
         # an active node 15 times) brings no /cmd at all.
-        _drive(probe, 0.3, position=OFF_TARGET)
-        assert probe.cmds and _is_zero(probe.cmds[-1].data), "deactivate must leave the safe action on /cmd"
+        drive(probe, 0.3, position=OFF_TARGET)
+        assert probe.cmds and is_zero(probe.cmds[-1].data), "deactivate must leave the safe action on /cmd"
         settled = len(probe.cmds)
-        _drive(probe, 0.3, position=OFF_TARGET)
+        drive(probe, 0.3, position=OFF_TARGET)
         assert len(probe.cmds) == settled, "no commands while inactive"
         assert probe.lifecycle("policy_node", "cleanup") is True
         assert probe.lifecycle_state("policy_node") == "unconfigured"
@@ -336,14 +252,14 @@ def test_lifecycle_transitions_through_standard_services(ros_env, run_child, p_c
 
 def test_unvalidated_model_refused_at_configure(ros_env, run_child, tmp_path: Path) -> None:
     model = write_p_controller(tmp_path / "failed_gate.onnx", validated=False)
-    policy = run_child.start(_policy_cmd(model, "-p", "autostart:=false"), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
-        assert probe.lifecycle_state("policy_node", timeout=30.0) == "unconfigured", _output(policy)
+    policy = run_child.start(policy_cmd(model, "-p", "autostart:=false"), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
+        assert probe.lifecycle_state("policy_node", timeout=30.0) == "unconfigured", child_output(policy)
         assert probe.lifecycle("policy_node", "configure") is False
         assert probe.lifecycle_state("policy_node") == "unconfigured"
         assert probe.spin_until(lambda: any(d.level == 2 for d in probe.diags), 3.0)
         assert "validation" in probe.diags[-1].message
-    out = _output(policy)
+    out = child_output(policy)
     line = next((ln for ln in out.splitlines() if "configure failed" in ln), "")
     assert str(card_path_for(model)) in line and "validation" in line and "allow_unvalidated" in line, out
 
@@ -353,7 +269,7 @@ def test_autostart_with_tampered_model_exits_with_one_line(ros_env, run_child, t
     onnx_model = onnx.load(str(model))
     onnx_model.doc_string = "edited after export"  # still valid ONNX, but no longer the bytes the card hashed
     onnx.save(onnx_model, str(model))
-    result = run_child.run(_policy_cmd(model), timeout=60.0, env=ros_env)
+    result = run_child.run(policy_cmd(model), timeout=60.0, env=ros_env)
     assert result.returncode == 2, result.stdout
     lines = [ln for ln in result.stdout.splitlines() if "configure failed" in ln]
     assert len(lines) == 1 and str(model) in lines[0], result.stdout
@@ -373,9 +289,9 @@ def test_deploy_in_one_process_reaches_goal_over_real_dds(
     args = [sys.executable, "-m", "offrl_robot.cli", "deploy", "--params", str(POLICY_YAML), "--sim"]
     args += ["--sim-params", str(sim_params), "--model", str(p_controller), "--duration", "12"]
     deploy = run_child.start(args, env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         # Another process on the network sees the in-process nodes' topics.
-        assert probe.spin_until(lambda: len(probe.cmds) > 10 and len(probe.metrics) > 10, 40.0), _output(
+        assert probe.spin_until(lambda: len(probe.cmds) > 10 and len(probe.metrics) > 10, 40.0), child_output(
             deploy
         )
     out, _ = deploy.communicate(timeout=60)
@@ -408,12 +324,12 @@ def test_deploy_refuses_unvalidated_model_with_one_line(ros_env, run_child, tmp_
 # --------------------------------------------------------------------------- sim_node alone
 def test_sim_node_stale_command_means_zero_control(ros_env, run_child) -> None:
     sim = run_child.start(_sim_cmd("-p", "cmd_timeout:=0.1"), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.record_joint_states()
         from std_msgs.msg import Float64MultiArray
 
         cmd_pub = probe.node.create_publisher(Float64MultiArray, "/cmd", 10)
-        assert probe.spin_until(lambda: len(probe.joint_states) > 2, 60.0), _output(sim)
+        assert probe.spin_until(lambda: len(probe.joint_states) > 2, 60.0), child_output(sim)
         assert list(probe.joint_states[-1].data.name) == ARM_JOINTS
         end = time.monotonic() + 0.6
         while time.monotonic() < end:
@@ -432,9 +348,9 @@ def test_sim_node_stale_command_means_zero_control(ros_env, run_child) -> None:
 def test_sim_node_runs_a_menagerie_arm(ros_env, run_child, shared_data: Path) -> None:
     scene = shared_data / "robots" / "kinova_gen3" / "scene.xml"
     sim = run_child.start(_sim_cmd("-p", f"model:={scene}", "-p", "real_time_factor:=2.0"), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         probe.record_joint_states()
-        assert probe.spin_until(lambda: len(probe.joint_states) > 20, 60.0), _output(sim)
+        assert probe.spin_until(lambda: len(probe.joint_states) > 20, 60.0), child_output(sim)
         msg = probe.joint_states[-1].data
         assert list(msg.name) == [f"joint_{i}" for i in range(1, 8)]
         assert len(msg.position) == len(msg.velocity) == len(msg.effort) == 7
@@ -452,7 +368,7 @@ def test_maps_joints_by_name_and_publishes_joint_trajectory(ros_env, run_child, 
     from trajectory_msgs.msg import JointTrajectory
 
     policy = run_child.start(
-        _policy_cmd(
+        policy_cmd(
             p_controller,
             "-p",
             "command_type:=joint_trajectory",
@@ -465,7 +381,7 @@ def test_maps_joints_by_name_and_publishes_joint_trajectory(ros_env, run_child, 
     offsets = [0.1 * (i + 1) for i in range(6)]  # q*_i - q_i
     position = [q - d for q, d in zip(HOME_TARGET, offsets, strict=True)]
     expected = [KP * d for d in offsets]  # 0.3 .. 1.8 rad/s, inside the action bounds
-    with RosProbe(_domain(ros_env)) as probe:
+    with RosProbe(domain_id(ros_env)) as probe:
         received: list[JointTrajectory] = []
         # (remapped: one DDS participant cannot hold two types on /cmd)
         probe.node.create_subscription(
@@ -474,8 +390,8 @@ def test_maps_joints_by_name_and_publishes_joint_trajectory(ros_env, run_child, 
         probe.publish_goal(goal_for(HOME_TARGET))
         end = time.monotonic() + 40.0
         while time.monotonic() < end and not (received and any(received[-1].points[0].velocities)):
-            _drive(probe, 0.1, position=position[::-1], names=ARM_JOINTS[::-1])
-        assert received, _output(policy)
+            drive(probe, 0.1, position=position[::-1], names=ARM_JOINTS[::-1])
+        assert received, child_output(policy)
         msg = received[-1]
         assert list(msg.joint_names) == ARM_JOINTS
         np.testing.assert_allclose(msg.points[0].velocities, expected, rtol=1e-5)
@@ -525,10 +441,10 @@ def test_trained_bc_policy_moves_arm_towards_sampled_goals(
     """
     sim = run_child.start(_sim_cmd("-p", "real_time_factor:=2.0", "-p", "seed:=1"), env=ros_env)
     policy_args = ["-p", "use_sim_time:=true", "-p", "allow_unvalidated:=true"]
-    policy = run_child.start(_policy_cmd(trained_bc_model, *policy_args), env=ros_env)
-    with RosProbe(_domain(ros_env)) as probe:
+    policy = run_child.start(policy_cmd(trained_bc_model, *policy_args), env=ros_env)
+    with RosProbe(domain_id(ros_env)) as probe:
         up = probe.spin_until(lambda: len(probe.metrics) > 2 and len(probe.cmds) > 2, timeout=60.0)
-        assert up, f"sim:\n{_output(sim)}\npolicy:\n{_output(policy)}"
+        assert up, f"sim:\n{child_output(sim)}\npolicy:\n{child_output(policy)}"
         for episode in (1.0, 2.0):
             response = probe.trigger("/sim_node/reset")
             assert response is not None and response.success

@@ -45,7 +45,7 @@ def _model(tmp_path: Path, validation: dict[str, Any] | None = PASSED, name: str
     )
 
 
-def _params(model: Path, **overrides: Any) -> dict[str, Any]:
+def policy_params(model: Path, **overrides: Any) -> dict[str, Any]:
     params: dict[str, Any] = {
         "model_path": str(model),
         "card_path": "",
@@ -72,7 +72,7 @@ def _params(model: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def test_validated_model_loads_and_acts(tmp_path: Path) -> None:
-    setup = load_policy_setup(_params(_model(tmp_path), joint_names=["a", "b", "c"]))
+    setup = load_policy_setup(policy_params(_model(tmp_path), joint_names=["a", "b", "c"]))
     assert setup.control_rate_hz == 50.0 and setup.period == pytest.approx(0.02)
     assert setup.action_joints == ["a", "b"] and setup.action_field == "velocity"
     assert setup.validation_summary.startswith("passed")
@@ -92,28 +92,28 @@ def test_validated_model_loads_and_acts(tmp_path: Path) -> None:
 def test_unvalidated_model_refused_unless_allowed(tmp_path: Path, validation: dict[str, Any] | None) -> None:
     model = _model(tmp_path, validation)
     with pytest.raises(ModelError, match="validation") as info:
-        load_policy_setup(_params(model))
+        load_policy_setup(policy_params(model))
     assert str(card_path_for(model)) in str(info.value) and "allow_unvalidated" in str(info.value)
     assert "\n" not in str(info.value)
-    setup = load_policy_setup(_params(model, allow_unvalidated=True))
+    setup = load_policy_setup(policy_params(model, allow_unvalidated=True))
     assert setup.validation_summary.startswith("UNVALIDATED")
 
 
 def test_model_for_another_robot_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"joints \['b'\] that are not in joint_names"):
-        load_policy_setup(_params(_model(tmp_path), joint_names=["a", "c"]))
+        load_policy_setup(policy_params(_model(tmp_path), joint_names=["a", "c"]))
 
 
 def test_limit_overrides_only_tighten_and_slew_is_per_second(tmp_path: Path) -> None:
     model = _model(tmp_path)
-    setup = load_policy_setup(_params(model, action_low=[-0.5], action_high=[0.5, 0.25], max_slew_rate=[5.0]))
+    setup = load_policy_setup(policy_params(model, action_low=[-0.5], action_high=[0.5, 0.25], max_slew_rate=[5.0]))
     assert setup.safety.config.low == [-0.5, -0.5] and setup.safety.config.high == [0.5, 0.25]
     assert setup.safety.config.max_rate == [5.0, 5.0]  # per second, applied as rate x dt
     assert setup.safety.config.control_period_s == pytest.approx(0.02)
     with pytest.raises(ConfigError, match="widens"):
-        load_policy_setup(_params(model, action_high=[2.0, 1.0]))
+        load_policy_setup(policy_params(model, action_high=[2.0, 1.0]))
     with pytest.raises(ConfigError, match="one per action"):
-        load_policy_setup(_params(model, action_low=[-0.5, -0.5, -0.5]))
+        load_policy_setup(policy_params(model, action_low=[-0.5, -0.5, -0.5]))
 
 
 @pytest.mark.parametrize(
@@ -147,13 +147,13 @@ def test_limit_overrides_only_tighten_and_slew_is_per_second(tmp_path: Path) -> 
 )
 def test_bad_parameters_are_one_line_errors(tmp_path: Path, override, error, needle) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=needle) as info:
-        load_policy_setup(_params(_model(tmp_path), **override))
+        load_policy_setup(policy_params(_model(tmp_path), **override))
     assert "\n" not in str(info.value)
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
-        load_policy_setup(_params(tmp_path / "nope.onnx"))
+        load_policy_setup(policy_params(tmp_path / "nope.onnx"))
 
 
 def _validated(tmp_path: Path, **changes: Any) -> Path:
@@ -201,15 +201,15 @@ FULL_VERDICT = {
 )
 def test_forged_or_weak_verdict_is_refused(tmp_path: Path, changes: dict[str, Any], needle: str) -> None:
     with pytest.raises(ModelError, match=needle) as info:
-        load_policy_setup(_params(_validated(tmp_path, **changes)))
+        load_policy_setup(policy_params(_validated(tmp_path, **changes)))
     assert "\n" not in str(info.value) and "allow_unvalidated" in str(info.value)
 
 
 def test_verdict_floor_is_configurable(tmp_path: Path) -> None:
     model = _validated(tmp_path, thresholds={**FULL_VERDICT["thresholds"], "success_rate": {"min": 0.85}})
-    assert load_policy_setup(_params(model)).validation_summary.startswith("passed")  # default floor 0.8
+    assert load_policy_setup(policy_params(model)).validation_summary.startswith("passed")  # default floor 0.8
     with pytest.raises(ModelError, match=r"success_rate min 0\.85 is weaker than the floor 0\.9"):
-        load_policy_setup(_params(model, min_thresholds=["success_rate>=0.9"]))
+        load_policy_setup(policy_params(model, min_thresholds=["success_rate>=0.9"]))
 
 
 def test_position_commands_hold_the_measured_position(tmp_path: Path) -> None:
@@ -224,8 +224,8 @@ def test_position_commands_hold_the_measured_position(tmp_path: Path) -> None:
         control_rate_hz=50.0,
         validation=PASSED,
     )
-    setup = load_policy_setup(_params(model, safe_action="auto"))
+    setup = load_policy_setup(policy_params(model, safe_action="auto"))
     assert setup.safety.config.safe_action == "hold" and setup.hold_joints == ["a", "b"]
     np.testing.assert_array_equal(setup.safe_command(hold_reference=np.array([0.7, -0.3])), [0.7, -0.3])
     with pytest.raises(ConfigError, match="would drive every joint to 0"):
-        load_policy_setup(_params(model, safe_action="zero"))
+        load_policy_setup(policy_params(model, safe_action="zero"))

@@ -11,11 +11,11 @@ import pytest
 from offrl_robot.errors import ConfigError
 from offrl_robot.scale.ray_local import (
     Listener,
-    _is_loopback_address,
-    _split_address,
     exposed_listeners,
+    is_loopback_address,
     listening_sockets,
     ray_session,
+    split_address,
 )
 
 
@@ -69,5 +69,5 @@ def test_joining_an_address_where_no_head_answers_fails_at_once_in_one_line() ->
     ],
 )
 def test_head_addresses_are_parsed(address: str, host: str, port: int, loopback: bool) -> None:
-    assert _split_address(address) == (host, port)
-    assert _is_loopback_address(address) is loopback
+    assert split_address(address) == (host, port)
+    assert is_loopback_address(address) is loopback

@@ -273,11 +273,11 @@ def test_ingest_spec_names_a_registered_task_reward_and_a_task_file_relative_to_
     np.testing.assert_allclose(spec.action.low, info.action_low)
     np.testing.assert_allclose(spec.action.high, info.action_high)
     assert spec.observations[0].joints == list(info.definition.joints)
-    from offrl_robot.data.rosbag_ingest import _load_reward_function
+    from offrl_robot.data.rosbag_ingest import load_reward_function
 
     with pytest.raises(ConfigError, match="set task: to the task file"):
-        _load_reward_function("reach", None)
-    reward = _load_reward_function("reach", spec.task)
+        load_reward_function("reach", None)
+    reward = load_reward_function("reach", spec.task)
     obs = make_env(spec.task).reset(seed=0)[0][None]
     assert reward(obs, np.zeros((1, 6)), obs)[0] < 0
 

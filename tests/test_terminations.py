@@ -68,17 +68,17 @@ def test_tasks_without_a_rule_and_unknown_names() -> None:
 
 
 def test_mopo_auto_termination_follows_the_datas_task() -> None:
-    from offrl_robot.algos.mopo import _resolve_termination
+    from offrl_robot.algos.mopo import resolve_termination_setting
     from offrl_robot.data.collect import collect
 
     hopper = collect("Hopper-v5", "random", episodes=3, seed=0).dataset
     assert hopper.terminals.sum() == 3
-    assert _resolve_termination("auto", hopper) == "hopper"
-    assert _resolve_termination("none", hopper) == "none"
+    assert resolve_termination_setting("auto", hopper) == "hopper"
+    assert resolve_termination_setting("none", hopper) == "none"
     hopper.metadata.task = "my-robot"  # a task the project has no rule for, data with terminals
     with pytest.raises(
         ConfigError, match=r"has 3 true terminals but its task 'my-robot' names no termination"
     ):
-        _resolve_termination("auto", hopper)
+        resolve_termination_setting("auto", hopper)
     arm = collect("ArmReach-v0", "random", episodes=1, seed=0).dataset  # ends by time only
-    assert _resolve_termination("auto", arm) == "none"
+    assert resolve_termination_setting("auto", arm) == "none"

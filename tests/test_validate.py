@@ -356,7 +356,7 @@ def test_swapping_the_model_during_the_gate_never_yields_a_passing_card_for_the_
     """An attacker replaces the validated model AND its card while the gate runs. The gate judged
     the bytes it loaded; it must not stamp its verdict onto the replacement, and the replacement
     must not run on a robot."""
-    from test_ros_policy_setup import _params
+    from test_ros_policy_setup import policy_params
 
     from offrl_robot.ros.policy_setup import load_policy_setup
     from offrl_robot.sim import validate as validate_module
@@ -376,6 +376,6 @@ def test_swapping_the_model_during_the_gate_never_yields_a_passing_card_for_the_
     with pytest.raises(ModelError, match="model changed during validation, nothing was written"):
         validate_model(model_copy, TASK, episodes=2, seed=0, config=config)
     assert ModelCard.read(card_file).validation is None  # no verdict on the replacement
-    params = _params(model_copy, max_slew_rate=[15.0], safe_action="auto")
+    params = policy_params(model_copy, max_slew_rate=[15.0], safe_action="auto")
     with pytest.raises(ModelError, match="no validation block"):
         load_policy_setup(params)

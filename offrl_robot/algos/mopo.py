@@ -266,7 +266,7 @@ class MOPO(CQL):
         """Resolve the termination rule from the data, then fit each seed's ensemble on the run's
         dataset and pick its elites (with a dynamics_checkpoint: check it was fitted on it)."""
         cfg: MOPOConfig = self.config  # type: ignore[assignment]
-        self.termination = _resolve_termination(cfg.termination, dataset)
+        self.termination = resolve_termination_setting(cfg.termination, dataset)
         self._terminated = _termination_function(self.termination)
         if cfg.dynamics_checkpoint:
             fitted_on = str(self._checkpoint_dataset.get("sha256", ""))
@@ -447,7 +447,7 @@ def _termination_function(name: str) -> Any:
     return resolve_termination(name)
 
 
-def _resolve_termination(setting: str, dataset: Dataset) -> str:
+def resolve_termination_setting(setting: str, dataset: Dataset) -> str:
     """`termination: auto` -> the dataset task's termination function, or "none" for a task that
     ends only by time; a dataset with true terminals and no known rule is refused, since model
     rollouts would roll through the states where the data ends."""

@@ -174,14 +174,14 @@ def collect(
     low, high = np.asarray(info.action_low), np.asarray(info.action_high)
     try:
         if bag is None:
-            return _rollouts(env, info, act, episodes, seed, low, high, None, policy, noise)
+            return rollouts(env, info, act, episodes, seed, low, high, None, policy, noise)
         from offrl_robot.data.rosbag_write import RobotLogWriter
 
         with RobotLogWriter(bag, storage=storage) as writer:
             log = _BagLog(
                 writer, list(env.unwrapped.joint_names), round(1e9 / info.control_rate_hz), jitter_seed
             )
-            result = _rollouts(env, info, act, episodes, seed, low, high, log, policy, noise)
+            result = rollouts(env, info, act, episodes, seed, low, high, log, policy, noise)
         result.bag_path = Path(bag)
         result.dataset.metadata.source["bag"] = {
             "path": str(Path(bag).resolve()),
@@ -193,7 +193,7 @@ def collect(
         env.close()
 
 
-def _rollouts(
+def rollouts(
     env: Any,
     info: TaskInfo,
     act: Policy,
@@ -205,6 +205,8 @@ def _rollouts(
     policy: str,
     noise: float,
 ) -> CollectResult:
+    """`episodes` seeded episodes of `act` in `env` as a dataset: the loop of `collect`, public for
+    callers that build their own policy (benchmarks/hopper_behaviour.py rolls out its SAC actor)."""
     records: list[dict[str, np.ndarray]] = []
     returns: list[float] = []
     successes: list[bool] = []

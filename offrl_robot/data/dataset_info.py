@@ -74,7 +74,7 @@ def _success_rate(dataset: Dataset) -> float | None:
         return float(np.mean(np.asarray(hits, dtype=bool)))
     if not info.is_arm_task or info.name != "ArmReach-v0":
         return None
-    from offrl_robot.sim.arm_reach import default_kinematics
+    from offrl_robot.sim.arm_kinematics import default_kinematics
 
     finals = np.stack([dataset.next_observations[stop - 1] for _, stop in dataset.episode_bounds()])
     ee = default_kinematics().site_position(finals[:, :6].astype(np.float64))

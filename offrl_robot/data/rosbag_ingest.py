@@ -1,4 +1,4 @@
-"""rosbag2 logs -> Dataset, following an ingest spec; also the `offrl-robot ingest` command.
+"""rosbag2 logs -> Dataset, following an ingest spec (the `offrl-robot ingest` command: ingest_cli.py).
 
 Alignment is as-of (zero-order hold): at each control tick every input is the last message at
 or before the tick, so a step never sees the future. A tick whose input is older than its
@@ -27,14 +27,12 @@ visibly different (median receive-minus-header offset over 1 s: sim time, unsync
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import functools
 import hashlib
 import itertools
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +54,7 @@ from offrl_robot.data.bag_reader import (
     normalise_msgtype,
 )
 from offrl_robot.data.dataset import Dataset, DatasetMetadata
-from offrl_robot.data.ingest_spec import IngestSpec, TopicFields, load_spec
+from offrl_robot.data.ingest_spec import IngestSpec, TopicFields
 from offrl_robot.data.joint_state_columns import Column, JointStateColumns
 from offrl_robot.errors import BagError, ConfigError, OffrlError
 from offrl_robot.registry import lookup_reward, needs_task
@@ -562,7 +560,7 @@ def _as_of(data: TopicData | Stream, ticks: np.ndarray, max_age_ns: float) -> tu
     return safe, ok
 
 
-def _load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
+def load_reward_function(name: str, task: str | None = None) -> Callable[..., Any]:
     """A registered reward (offrl_robot/registry.py), or the user's own `module:function`: ingest is
     the user running their own spec offline, so an unregistered import is allowed here (never in
     the deployed path). A reward that takes the task (`task=`, e.g. `reach`: forward kinematics of
@@ -639,7 +637,7 @@ def _needed_topics(bag: Bag, spec: IngestSpec) -> dict[str, TopicFields | None]:
     return needed
 
 
-def _decode_topics(
+def decode_topics(
     bag: Bag,
     needed: dict[str, TopicFields | None],
     use_header: bool,
@@ -804,7 +802,7 @@ def _ingest_one(bag: Bag, spec: IngestSpec, report: SyncReport, resolver: TypeRe
     """Decode, tick, align and assemble the transitions of one bag."""
     al, ep = spec.alignment, spec.episodes
     needed = _needed_topics(bag, spec)
-    data, offsets = _decode_topics(bag, needed, al.time_source == "header", resolver, report)
+    data, offsets = decode_topics(bag, needed, al.time_source == "header", resolver, report)
     _check_clocks(bag, spec, data, offsets, report)
     period_ns = NS / spec.control_rate_hz
     act_data = data[spec.action.topic]
@@ -997,7 +995,7 @@ def ingest_bag(
 
 def _function_rewards(name: str, result: _BagResult, bag: str, task: str | None = None) -> np.ndarray:
     """Call the named reward function on one bag's arrays; whatever goes wrong is one line."""
-    func = _load_reward_function(name, task)
+    func = load_reward_function(name, task)
     rows = len(result.observations)
     try:
         rewards = func(result.observations, result.actions, result.next_observations)
@@ -1105,90 +1103,3 @@ def merge_bag_parts(parts: Sequence[BagPart], spec: IngestSpec) -> tuple[Dataset
     report.episodes = dataset.num_episodes
     metadata.extra["sync_report"] = report.to_dict()  # what alignment dropped travels with the data
     return dataset.validate(f"ingest of {', '.join(report.bags)}"), report
-
-
-# ---------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories or .mcap/.db3 files")
-    parser.add_argument("--spec", required=True, help="ingest spec YAML (see config/ingest/)")
-    parser.add_argument("--out", required=True, help="dataset name, e.g. arm_reach/robot-v0")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
-    parser.add_argument("--root", default=None, help="Minari datasets root (default: $MINARI_DATASETS_PATH)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="bags ingested in parallel on Ray (needs the scale extra); default: serial, no Ray "
-        "(with --address: all of the cluster's CPUs)",
-    )
-    parser.add_argument(
-        "--address", default=None, help="join this Ray cluster (e.g. 10.0.0.5:6379) instead of a local one"
-    )
-
-
-def _check_output(args: argparse.Namespace) -> None:
-    """Fail before a long ingest, not after it: the dataset name, the --root folder (a usable
-    directory, or creatable under one) and an existing dataset without --overwrite."""
-    from offrl_robot.data.minari_io import dataset_id_from_name, datasets_root
-
-    dataset_id = dataset_id_from_name(args.out)
-    root = datasets_root(args.root)
-    given = (
-        f"--root {root}"
-        if args.root is not None
-        else f"datasets root {root} ($MINARI_DATASETS_PATH or default)"
-    )
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        where = "is a file" if probe == root else f"cannot be created: {probe} is a file"
-        raise ConfigError(f"{given} {where}, not a directory; pass a directory for the datasets")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{given} is not writable ({probe} denies writes); pass a directory you can write to"
-        )
-    target = root / dataset_id
-    if target.exists() and not args.overwrite:
-        raise ConfigError(
-            f"dataset {dataset_id} already exists at {target}; pass --overwrite or choose another --out"
-        )
-
-
-def _emit(text: str, written: Path | None = None) -> None:
-    """Print to stdout; a closed stdout (`| head`) is a one-line error, not a traceback."""
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # the interpreter would fail again flushing stdout at exit: point it at /dev/null
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        state = f"the dataset was written to {written}" if written else "no dataset was written"
-        raise OffrlError(
-            f"standard output closed early (broken pipe); {state}; redirect the report to a file instead of a pipe that exits early"
-        ) from None
-
-
-def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    _check_output(args)
-    if (args.workers or 1) > 1 or args.address:
-        from offrl_robot.scale.fleet_ingest import ingest_parallel
-
-        dataset, report = ingest_parallel(args.bags, spec, workers=args.workers, address=args.address)
-    else:
-        dataset, report = ingest(args.bags, spec)
-    _emit(report.format())
-    from offrl_robot.data.minari_io import save_dataset
-
-    try:
-        path = save_dataset(dataset, args.out, root=args.root, overwrite=args.overwrite)
-    except FileExistsError:
-        raise ConfigError(
-            f"dataset {args.out} already exists; pass --overwrite or choose another --out"
-        ) from None
-    _emit(f"wrote {len(dataset)} transitions in {dataset.num_episodes} episodes to {path}", written=path)
-    return 0

@@ -113,7 +113,7 @@ def ray_session(
     # Before the import (Ray reads it then). A head on loopback (`ray start --head
     # --node-ip-address 127.0.0.1`) is joined in single-machine mode too: otherwise Ray
     # "resolves" 127.0.0.1 to this machine's external address and never reaches the head.
-    _set_single_node_mode(local or _is_loopback_address(address or ""))
+    _set_single_node_mode(local or is_loopback_address(address or ""))
     ray = import_ray()
     if ray.is_initialized():
         _restore_env(saved_env)
@@ -165,7 +165,7 @@ def _restore_env(saved: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-def _split_address(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
     """`host:port` (IPv6 as `[::1]:6379`) of a Ray head; the port defaults to 6379."""
     text = address.removeprefix("ray://")
     if text.startswith("["):
@@ -187,10 +187,11 @@ def _has_auth_token() -> bool:
     return Path(named).is_file() if named else (Path.home() / ".ray" / "auth_token").is_file()
 
 
-def _is_loopback_address(address: str) -> bool:
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray `--address` names this machine over loopback (`localhost`, 127.0.0.0/8, ::1)."""
     if not address:
         return False
-    host, _ = _split_address(address)
+    host, _ = split_address(address)
     if host == "localhost":
         return True
     try:
@@ -202,7 +203,7 @@ def _is_loopback_address(address: str) -> bool:
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in one line, at once, if nothing answers at the head's address (Ray itself retries
     for minutes, printing warnings, before it gives up)."""
-    host, port = _split_address(address)
+    host, port = split_address(address)
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as err:

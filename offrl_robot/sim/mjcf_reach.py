@@ -47,7 +47,7 @@ class ReachKinematics:
     BATCHED_FROM = 16  # rows; fewer go through mj_kinematics one by one
 
     def __init__(self, task: CompiledTask) -> None:
-        from offrl_robot.sim.arm_reach import ArmKinematics
+        from offrl_robot.sim.arm_kinematics import ArmKinematics
 
         definition, model = task.definition, task.model
         body = int(model.site_bodyid[task.site_id])

@@ -27,7 +27,7 @@ def arm_reach_reward(obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> 
     positions in `next_obs` (columns 0..5) on the arm6 MuJoCo model; the goal is columns 12..14.
     Equals the env's reward to float rounding (the env measures the distance in MuJoCo directly).
     """
-    from offrl_robot.sim.arm_reach import default_kinematics  # lazy: MuJoCo only when needed
+    from offrl_robot.sim.arm_kinematics import default_kinematics  # lazy: MuJoCo only when needed
 
     next_obs = np.atleast_2d(np.asarray(next_obs, dtype=np.float64))
     act = np.atleast_2d(np.asarray(act, dtype=np.float64))
