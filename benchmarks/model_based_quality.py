@@ -152,7 +152,7 @@ def _mpc(job: Job, dataset: Any, tmp: Path) -> Any:
 
     from offrl_robot.algos.dynamics import fit_dynamics
     from offrl_robot.evaluation import evaluate
-    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.export.dynamics import export_dynamics
     from offrl_robot.mpc import MPCController
     from offrl_robot.train import OBS_STD_FLOOR, TrainConfig
 

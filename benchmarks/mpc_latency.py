@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from offrl_robot.algos.dynamics import fit_dynamics  # noqa: E402
 from offrl_robot.data.collect import collect  # noqa: E402
-from offrl_robot.export_dynamics import export_dynamics  # noqa: E402
+from offrl_robot.export.dynamics import export_dynamics  # noqa: E402
 from offrl_robot.mpc import MPCConfig, MPCController  # noqa: E402
 from offrl_robot.train import TrainConfig  # noqa: E402
 

@@ -57,6 +57,10 @@ CARD_SUFFIX = ".card.yaml"
 METADATA_PREFIX = "offrl."
 INPUT_NAME = "observation"
 OUTPUT_NAME = "action"
+# A dynamics model's graph (`offrl_robot.export.dynamics` writes it, `offrl_robot.mpc` plans with it):
+# inputs observation [N, O] + action [N, A], these outputs in this order.
+DYNAMICS_INPUTS = ("observation", "action")
+DYNAMICS_OUTPUTS = ("next_observation", "reward", "disagreement", "member_next_observation", "member_reward")
 
 
 def plain(value: Any) -> Any:

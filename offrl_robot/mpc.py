@@ -13,7 +13,7 @@ reward_t is the ensemble's learned reward head or a *registered* data-only rewar
 (`fn(obs, act, next_obs) -> [N]`, e.g. `arm_reach`; offrl_robot/registry.py: a card can only name
 a function on the allow-list, never make the node import arbitrary code),
 and disagreement_t the ensemble spread of the predicted next state (normalised units, computed
-in the graph; see `export_dynamics`). The penalty is the pessimism: plans through states the
+in the graph; see `offrl_robot.export.dynamics`). The penalty is the pessimism: plans through states the
 data never covered are uncertain, hence punished, so the controller stays where its model is
 right (MOPO/MOReL's idea applied at planning time). Candidates roll out on the ensemble mean.
 
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from offrl_robot.card import (
+    DYNAMICS_OUTPUTS,
     ModelCard,
     ModelMetadata,
     card_path_for,
@@ -300,9 +301,7 @@ def check_reward_source(name: str, observation_dim: int, action_dim: int) -> Non
 
 # ---------------------------------------------------------------------------------- model
 def _check_dynamics_io(model: Any, meta: ModelMetadata, path: Path) -> None:
-    """Inputs observation [batch, O] + action [batch, A]; the outputs export_dynamics writes."""
-    from offrl_robot.export_dynamics import OUTPUTS
-
+    """Inputs observation [batch, O] + action [batch, A]; the outputs `offrl_robot.export.dynamics` writes."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
     if sorted(inputs) != ["action", "observation"]:
@@ -314,8 +313,10 @@ def _check_dynamics_io(model: Any, meta: ModelMetadata, path: Path) -> None:
         if len(dims) != 2 or dims[1].dim_value != size:
             raise ModelError(f"{path}: input {name!r} must be [batch, {size}] (from the metadata names)")
     outputs = [o.name for o in model.graph.output]
-    if outputs != list(OUTPUTS):
-        raise ModelError(f"{path}: graph outputs are {outputs}, expected {list(OUTPUTS)}; re-export it")
+    if outputs != list(DYNAMICS_OUTPUTS):
+        raise ModelError(
+            f"{path}: graph outputs are {outputs}, expected {list(DYNAMICS_OUTPUTS)}; re-export it"
+        )
 
 
 HORIZON_ACTIONS = "actions"
@@ -472,7 +473,7 @@ class MPCController:
         expected_action_names: Sequence[str] | None = None,
         config: MPCConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        from offrl_robot.runtime import _check_finite_constants, _check_names, load_verified, make_session
+        from offrl_robot.runtime import check_finite_constants, check_names, load_verified, make_session
 
         verified = load_verified(onnx_path, card_path)
         path, card_file, card, props, model = (
@@ -487,9 +488,9 @@ class MPCController:
                 f"{path}: is a {props.algorithm!r} policy, not a dynamics model; load it with PolicyRuntime"
             )
         _check_dynamics_io(model, props, path)
-        _check_finite_constants(model, path)
-        _check_names("observation", expected_observation_names, props.observation_names, path)
-        _check_names("action", expected_action_names, props.action_names, path)
+        check_finite_constants(model, path)
+        check_names("observation", expected_observation_names, props.observation_names, path)
+        check_names("action", expected_action_names, props.action_names, path)
         self.config = (
             config.validate()
             if isinstance(config, MPCConfig)

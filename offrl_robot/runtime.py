@@ -113,7 +113,7 @@ def _check_io(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
             )
 
 
-def _check_finite_constants(model: onnx.ModelProto, path: Path) -> None:
+def check_finite_constants(model: onnx.ModelProto, path: Path) -> None:
     tensors = [(t.name, t) for t in model.graph.initializer]
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -133,7 +133,7 @@ def _check_finite_constants(model: onnx.ModelProto, path: Path) -> None:
             )
 
 
-def _check_names(kind: str, expected: Sequence[str] | None, actual: list[str], path: Path) -> None:
+def check_names(kind: str, expected: Sequence[str] | None, actual: list[str], path: Path) -> None:
     if expected is None:
         return
     expected = list(expected)
@@ -230,9 +230,9 @@ class PolicyRuntime:
             verified.model,
         )
         _check_io(model, props, path)
-        _check_finite_constants(model, path)  # a broken file first, then "not for this robot"
-        _check_names("observation", expected_observation_names, props.observation_names, path)
-        _check_names("action", expected_action_names, props.action_names, path)
+        check_finite_constants(model, path)  # a broken file first, then "not for this robot"
+        check_names("observation", expected_observation_names, props.observation_names, path)
+        check_names("action", expected_action_names, props.action_names, path)
         session = make_session(verified.data, path, threads=1)
 
         self.path = path

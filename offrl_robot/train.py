@@ -19,24 +19,21 @@ The loop is built for throughput and exact reproducibility:
 
 Run directory layout: `config.yaml`, `checkpoints/step_XXXXXXXX.pt`, `metrics.csv` (one row per
 log interval and seed), `eval.csv`, TensorBoard event files, `summary.json` (written at the end).
+The checkpoint layout and its read/write live in `offrl_robot.checkpoint`, the config in
+`offrl_robot.train_config` (both below the algorithms, which use them too); their names stay
+importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import dataclasses
 import io
 import json
-import math
 import random
-import re
 import time
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +42,25 @@ import torch
 import yaml
 
 from offrl_robot import __version__
-from offrl_robot.accel import ACCEL_MODES, PRECISIONS, make_update_step
-from offrl_robot.atomic import atomic_write_bytes, atomic_write_text
+from offrl_robot.accel import ACCEL_MODES, make_update_step
+from offrl_robot.algos import resolve_algo
+from offrl_robot.atomic import atomic_write_text
+from offrl_robot.checkpoint import (
+    CHECKPOINT_FORMAT,
+    OBS_STD_FLOOR,
+    default_run_dir,
+    list_checkpoints,
+    load_checkpoint,
+    plain,
+    write_checkpoint,
+)
+from offrl_robot.checkpoint import CHECKPOINT_PATTERN as CHECKPOINT_PATTERN  # re-exported (scale.sweep)
+from offrl_robot.checkpoint import checkpoint_dir as checkpoint_dir  # re-exported
 from offrl_robot.data.dataset import Dataset
-from offrl_robot.errors import ConfigError, ModelError
+from offrl_robot.errors import ConfigError
 from offrl_robot.replay import Sampler, make_sampler
+from offrl_robot.train_config import TrainConfig, build_algo_config, load_dataset_by_name, resolve_device
 
-CHECKPOINT_FORMAT = "offrl_robot.checkpoint/1"
-CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
-# Observation std below this is treated as this (constant features would otherwise blow up).
-OBS_STD_FLOOR = 1e-3
 # Config keys that may differ between a run and its resumption: they do not change the weights
 # (except `steps` with prioritised replay or an LR schedule: β is annealed and the learning rate
 # decays over the total, so extending a run changes them from the resume point on; resuming
@@ -71,278 +77,6 @@ RESUME_MAY_CHANGE = frozenset(
         "log_dir",
     }
 )
-
-
-# ---------------------------------------------------------------------------------- config
-@dataclass
-class TrainConfig:
-    """One training run. Loaded from YAML with strict keys (a typo is an error, not a default).
-
-    algo: registry name (`offrl_robot.algos.REGISTRY`); algo_config: that algorithm's
-    hyper-parameters (its `config_class` fields; unknown keys are an error).
-    dataset: local Minari dataset name or path. task: env for evaluation (default: the
-    dataset's `metadata.task`; none -> no evaluation). seeds: trained together as one batched
-    program. prioritized: switch uniform -> prioritised replay (value-based algorithms only).
-    eval_every / checkpoint_every / log_every: in update steps; 0 disables the periodic
-    evaluation / checkpoint (a final evaluation and checkpoint are always made).
-    threads: torch CPU threads for this run (0 = torch's default). On a CPU shared with other
-    jobs, 1 is often several times faster: idle OpenMP workers spin against the other jobs.
-    accelerate: none | graph | compile. On CUDA, `graph` replays each training step (sampling,
-    gather, update) from a captured CUDA graph (7-13x the eager updates/s on an H100, same
-    numbers as eager); `compile` also passes the update through torch.compile. On the CPU
-    `graph` falls back to eager and `compile` compiles the update with Inductor (1.0-1.5x eager for
-    CQL; deterministic, resume included, but not bit-equal to eager; see offrl_robot/accel.py).
-    precision: fp32 | tf32 | bf16, CUDA only (offrl_robot.accel.PRECISIONS): bf16 autocasts
-    hidden layers for speed with fp32 output layers, weights and optimiser state.
-    """
-
-    algo: str = "bc"
-    algo_config: dict[str, Any] = field(default_factory=dict)
-    dataset: str | None = None
-    task: str | None = None
-    steps: int = 100_000
-    seeds: list[int] = field(default_factory=lambda: [0])
-    batch_size: int = 256
-    eval_every: int = 10_000
-    eval_episodes: int = 10
-    eval_seed: int = 10_000
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
-    keep_checkpoints: int = 3
-    log_dir: str = "runs"
-    device: str = "cpu"
-    prioritized: bool = False
-    per_alpha: float = 0.6
-    per_beta: float = 0.4
-    per_eps: float = 1e-6
-    progress: bool = True
-    threads: int = 0
-    accelerate: str = "none"
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> TrainConfig:
-        """Type- and range-check every field; raise ConfigError naming the first bad one."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        if not self.seeds:
-            raise ConfigError("config field 'seeds' is empty; give at least one seed, e.g. [0]")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"config field 'seeds' repeats a seed: {self.seeds}")
-        for name in ("steps", "batch_size", "eval_episodes", "log_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"config field {name!r} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"config field {name!r} must be >= 0 (0 disables it), got {getattr(self, name)}"
-                )
-        if self.accelerate not in ACCEL_MODES:
-            raise ConfigError(
-                f"config field 'accelerate' is {self.accelerate!r}; use one of {', '.join(ACCEL_MODES)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"config field 'precision' is {self.precision!r}; use one of {', '.join(PRECISIONS)}"
-            )
-        if self.precision != "fp32" and self.device.startswith("cpu"):
-            raise ConfigError(
-                f"config field 'precision' is {self.precision!r}, which needs device: cuda; "
-                "on the CPU use precision: fp32"
-            )
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys are {known}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        """Load and check a YAML config; every problem is one ConfigError line naming the file."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(
-                f"cannot read train config {path}: {err.strerror or err}; check the path"
-            ) from err
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"train config {path}{where} is not valid YAML; fix its syntax") from err
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"train config {path} must be a YAML mapping of keys, got {type(data).__name__}"
-            )
-        try:
-            return cls.from_dict(data, source=f"train config {path}")
-        except ConfigError as err:
-            message = str(err)
-            raise ConfigError(
-                message if str(path) in message else f"train config {path}: {message}"
-            ) from None
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check `value` against the field's type hint; int -> float widening and tuples -> lists only."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        inner = [o for o in options if o is not type(None)]
-        return _coerce(name, value, inner[0])
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, int) and not isinstance(value, bool) and item is int:
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
-        return [_coerce(name, v, item) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config field {name!r} must be a mapping, got {value!r}")
-        return _plain(value)  # tuples -> lists: the config is saved as YAML and in checkpoints
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field {name!r} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            # YAML 1.1 (PyYAML) reads `1e-3` (no dot) as a string: take the number it spells
-            with contextlib.suppress(ValueError):
-                value = float(value.strip())
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"config field {name!r} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _is_scalar_hint(hint: Any) -> bool:
-    """float / int / bool / str, optionally `| None`: the hints `_coerce` checks fully."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    inner = [o for o in options if o is not type(None)]
-    return len(inner) == 1 and inner[0] in (float, int, bool, str)
-
-
-def build_algo_config(
-    algo_cls: type, params: dict[str, Any], batch_size: int, steps: int | None = None
-) -> Any:
-    """The algorithm's typed config from `algo_config:`; unknown keys name the valid ones.
-
-    With the run's `steps`, learning-rate schedules are made to span the run (`AlgoConfig.follow_steps`):
-    export rebuilds from a checkpoint's resolved config and passes none."""
-    config_class = algo_cls.config_class
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"algo_config for {algo_cls.name!r} has unknown key(s) {unknown}; valid keys are {sorted(fields)}"
-        )
-    if "batch_size" in params and params["batch_size"] != batch_size:
-        raise ConfigError("set batch_size at the top level of the train config, not under algo_config")
-    values = dict(params)
-    if "batch_size" in fields:
-        values["batch_size"] = batch_size
-    hints = typing.get_type_hints(config_class)
-    for name, value in values.items():
-        # scalar fields are checked like the top-level ones (a `1e-3` string becomes 1e-3)
-        if _is_scalar_hint(hints.get(name)):
-            values[name] = _coerce(f"algo_config.{name}", value, hints[name])
-    for name, value in values.items():
-        default = fields[name].default
-        if isinstance(default, tuple) and isinstance(value, list):
-            values[name] = tuple(value)  # YAML has no tuples (hidden_sizes etc.)
-    try:
-        config = config_class(**values)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"algo_config for {algo_cls.name!r} is invalid: {err}") from err
-    if steps is not None:
-        config.follow_steps(steps)
-    return config
-
-
-def resolve_algo(name: str) -> type:
-    """Registry lookup with a one-line error listing what exists."""
-    from offrl_robot.algos import REGISTRY
-
-    if name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY)) or "none registered"
-        raise ConfigError(f"unknown algorithm {name!r}; choose one of: {known}")
-    return REGISTRY[name]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"config field 'device' {name!r} is not a torch device; use cpu, cuda or cuda:N"
-        ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    return device
-
-
-def load_dataset_by_name(name: str) -> Dataset:
-    """Local Minari dataset by name or path (imported lazily: Minari is slow to import)."""
-    from offrl_robot.data.minari_io import load_dataset
-
-    return load_dataset(name)
-
-
-# ---------------------------------------------------------------------------------- checkpoints
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, oldest first (by step)."""
-    folder = checkpoint_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint (tensors and plain values only: loads with weights_only=True)."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ModelError(f"checkpoint {path} does not exist; check the path or the run directory") from err
-    except Exception as err:
-        raise ModelError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not ours"
-        ) from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ModelError(f"checkpoint {path} is not an offrl_robot checkpoint ({CHECKPOINT_FORMAT})")
-    return state
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -375,10 +109,6 @@ def seed_everything(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- trainer
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
 class Trainer:
     """Python API of `offrl-robot train`.
 
@@ -430,7 +160,7 @@ class Trainer:
             check_task_dims(
                 self.task, self.dataset.observation_dim, self.dataset.action_dim, self.dataset_name
             )
-        default_dir = Path(config.log_dir) / f"{_slug(config.algo)}_{_slug(self.dataset_name)}"
+        default_dir = default_run_dir(config.log_dir, config.algo, self.dataset_name)
         self.run_dir = Path(run_dir) if run_dir is not None else default_dir
         self.resume = resume
         self._resume_state: dict[str, Any] | None = None
@@ -487,7 +217,7 @@ class Trainer:
         actor_lr_schedule became cosine on 2026-12-04); the message names what to write to keep
         the run's values. Schedule lengths may differ (they follow `steps`); fields the run's
         checkpoint does not have are newer than it and not compared."""
-        mine = _plain(asdict(self.algo_config))
+        mine = plain(asdict(self.algo_config))
         horizons = set(getattr(self.algo_cls.config_class, "lr_schedules", {}).values())
         differs = sorted(k for k in saved.keys() & mine.keys() if k not in horizons and saved[k] != mine[k])
         if differs:
@@ -548,7 +278,7 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "step": step,
             "algo": self.config.algo,
-            "algo_config": _plain(asdict(self.algo_config)),
+            "algo_config": plain(asdict(self.algo_config)),
             "seeds": list(self.config.seeds),
             "num_seeds": len(self.config.seeds),
             "observation_dim": self.dataset.observation_dim,
@@ -570,7 +300,7 @@ class Trainer:
                 "name": self.dataset_name,
                 "sha256": self.dataset_sha256,
                 "num_transitions": len(self.dataset),
-                "metadata": _plain(meta.to_dict()),
+                "metadata": plain(meta.to_dict()),
             },
             "algo_state": {k: v.detach().to("cpu") for k, v in self.algo.state_dict().items()},
             "optimizer_state": _to_cpu(self.algo.optimizer_state_dict()),
@@ -579,10 +309,7 @@ class Trainer:
         }
 
     def _save_checkpoint(self, step: int) -> Path:
-        buffer = io.BytesIO()
-        torch.save(self._checkpoint_state(step), buffer)
-        path = checkpoint_dir(self.run_dir) / f"step_{step:08d}.pt"
-        atomic_write_bytes(path, buffer.getvalue())
+        path = write_checkpoint(self.run_dir, step, self._checkpoint_state(step))
         for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
@@ -847,19 +574,6 @@ def _truncate_csv_after(path: Path, step: int) -> None:
     writer.writerow(header)
     writer.writerows(kept)
     atomic_write_text(path, buffer.getvalue())
-
-
-def _plain(value: Any) -> Any:
-    """JSON-like copy (tuples -> lists, numpy scalars -> Python) so checkpoints load weights_only."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _to_cpu(value: Any) -> Any:

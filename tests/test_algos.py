@@ -260,7 +260,7 @@ def test_export_matches_act_for_each_seed(variant: str) -> None:
 def test_bcq_export_runs_in_onnxruntime_like_act() -> None:
     """BCQ's export module is the unusual one (fixed latents, ArgMax + Gather over candidates):
     onnxruntime reproduces `act` for any batch size. The TorchScript exporter keeps this under a
-    second; the dynamo exporter (what export.py uses) gave the same actions in a manual check
+    second; the dynamo exporter (what offrl_robot.export uses) gave the same actions in a manual check
     but costs ~10-25 s here. The other algorithms export plain Linear/ReLU/Tanh stacks."""
     onnxruntime = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from offrl_robot.algos.dynamics import fit_dynamics, load_dynamics
 from offrl_robot.card import ModelCard, card_path_for
 from offrl_robot.data.dataset import Dataset, DatasetMetadata
 from offrl_robot.errors import ConfigError, ModelError
-from offrl_robot.export_dynamics import OUTPUTS
+from offrl_robot.export.dynamics import OUTPUTS
 from offrl_robot.train import TrainConfig, load_checkpoint
 
 OBS_DIM, ACT_DIM = 4, 2
@@ -191,7 +191,7 @@ def test_export_onnx_agrees_with_torch_and_flags_unfamiliar_inputs(
 def test_export_refuses_broken_reward_and_writes_nothing(
     fitted: tuple[object, Path, Dataset], tmp_path: Path
 ) -> None:
-    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.export.dynamics import export_dynamics
 
     _, run_dir, dataset = fitted
     out = tmp_path / "m.onnx"
@@ -205,7 +205,7 @@ def test_export_refuses_broken_reward_and_writes_nothing(
 
 
 def test_config_errors_are_one_line(fitted: tuple[object, Path, Dataset], tmp_path: Path) -> None:
-    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.export.dynamics import export_dynamics
 
     dataset = linear_dataset(100)
     with pytest.raises(ConfigError, match="one seed"):

@@ -341,7 +341,7 @@ def test_bcq_argmax_ties_excuse_only_equally_good_candidates(
 ) -> None:
     """BCQ picks the best of N candidates by Q1; when Q values tie, onnxruntime may pick another
     of the tied candidates. Only such rows are excused, never any other disagreement."""
-    from offrl_robot.export import _argmax_tie_rows
+    from offrl_robot.export import argmax_tie_rows
 
     module = build_export_module(read_checkpoint(exported["bcq"][0]))
     observations = dataset.observations[:50]
@@ -353,13 +353,13 @@ def test_bcq_argmax_ties_excuse_only_equally_good_candidates(
     candidates = captured["x"][:, -ACT:].reshape(50, n, ACT).numpy()
     q = captured["q"].reshape(50, n).numpy()
     worst = candidates[np.arange(50), q.argmin(axis=1)]
-    assert not _argmax_tie_rows(module, observations, worst, PARITY_TOLERANCE).any()
+    assert not argmax_tie_rows(module, observations, worst, PARITY_TOLERANCE).any()
     last_layer = [m for m in module.policy.q1 if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():  # a flat critic: every candidate is equally good
         last_layer.weight.zero_()
         last_layer.bias.zero_()
-    assert _argmax_tie_rows(module, observations, candidates[:, 3], PARITY_TOLERANCE).all()
-    assert not _argmax_tie_rows(module, observations, candidates[:, 3] + 1e-3, PARITY_TOLERANCE).any()
+    assert argmax_tie_rows(module, observations, candidates[:, 3], PARITY_TOLERANCE).all()
+    assert not argmax_tie_rows(module, observations, candidates[:, 3] + 1e-3, PARITY_TOLERANCE).any()
 
 
 def test_wrong_parity_dataset_is_refused(

@@ -28,38 +28,6 @@ PACKAGE = "offrl_robot"
 # imported by bare name: tests/ and benchmarks/ put their own folder on sys.path).
 SCRIPT_FOLDERS = ("tests", "benchmarks", "launch")
 
-# Expectations the export/checkpoint refactor (issue 17 §6, another branch) fixes: allowed here
-# only until that branch is merged; the test fails on an entry that no longer matches anything,
-# so each one is deleted with the change that makes it unnecessary.
-KNOWN_UNTIL_EXPORT_REFACTOR: frozenset[tuple[str, ...]] = frozenset(
-    {
-        # (a) private imports: (importer, imported module, name)
-        ("offrl_robot.algos.dynamics", "offrl_robot.train", "_plain"),
-        ("offrl_robot.algos.dynamics", "offrl_robot.train", "_slug"),
-        ("offrl_robot.export_dynamics", "offrl_robot.export", "_parity_dataset_observations"),
-        ("offrl_robot.export_dynamics", "offrl_robot.export", "_quiet_exporter"),
-        ("offrl_robot.export_dynamics", "offrl_robot.export", "_strip_debug_metadata"),
-        ("offrl_robot.mpc", "offrl_robot.runtime", "_check_finite_constants"),
-        ("offrl_robot.mpc", "offrl_robot.runtime", "_check_names"),
-        ("tests.test_export", "offrl_robot.export", "_argmax_tie_rows"),
-        # (b) import cycles: ("cycle", *the exact set of modules of one strongly connected component)
-        (
-            "cycle",
-            "offrl_robot.algos",
-            "offrl_robot.algos.dynamics",
-            "offrl_robot.algos.mopo",
-            "offrl_robot.export",
-            "offrl_robot.export_dynamics",
-            "offrl_robot.mpc",
-            "offrl_robot.sim.report",
-            "offrl_robot.sim.validate",
-            "offrl_robot.train",
-        ),
-        # (c) named rules: ("rule", importer, imported module)
-        ("rule", "offrl_robot.mpc", "offrl_robot.export_dynamics"),
-    }
-)
-
 # ROS 2 client library and message packages (rosbags, the pure-Python bag reader, is not ROS).
 ROS_PACKAGES = frozenset(
     {
@@ -176,13 +144,6 @@ def _private_imports() -> list[tuple[Import, str]]:
     return found
 
 
-def _allowed(key: tuple[str, ...], used: set[tuple[str, ...]]) -> bool:
-    if key in KNOWN_UNTIL_EXPORT_REFACTOR:
-        used.add(key)
-        return True
-    return False
-
-
 def _strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
     """Tarjan's components with more than one module (iterative: no recursion limit)."""
     index: dict[str, int] = {}
@@ -248,18 +209,6 @@ def _cycle_path(component: list[str], first_edge: dict[tuple[str, str], Import])
                     following.append(b)
         frontier = following
     return []
-
-
-def _used_keys() -> set[tuple[str, ...]]:
-    """Allow-list entries matched by the current source (for the stale-entry check)."""
-    used: set[tuple[str, ...]] = set()
-    for imp, source in _private_imports():
-        _allowed((imp.importer, source, imp.name or ""), used)
-    for component in _components():
-        _allowed(("cycle", *component), used)
-    for imp, _rule, target in _rule_breaks():
-        _allowed(("rule", imp.importer, target), used)
-    return used
 
 
 def _components() -> list[list[str]]:
@@ -342,12 +291,10 @@ def test_strongly_connected_finds_a_function_level_cycle() -> None:
 
 
 def test_no_private_name_imported_across_modules() -> None:
-    used: set[tuple[str, ...]] = set()
     errors = [
         f"{_where(imp)}: {imp.importer} imports private {imp.name} from {source}; give it a public "
         f"name where it is defined (or move the shared helper into a module both import)"
         for imp, source in _private_imports()
-        if not _allowed((imp.importer, source, imp.name or ""), used)
     ]
     assert not errors, "\n".join(errors)
 
@@ -359,11 +306,8 @@ def test_no_import_cycle_in_the_package() -> None:
         target = _target(imp, modules)
         if target is not None and target != imp.importer:
             first_edge.setdefault((imp.importer, target), imp)
-    used: set[tuple[str, ...]] = set()
     errors = []
     for component in _components():
-        if _allowed(("cycle", *component), used):
-            continue
         chain = " -> ".join(f"{imp.importer} ({_where(imp)})" for imp in _cycle_path(component, first_edge))
         errors.append(
             f"import cycle among {', '.join(component)}: {chain} -> {component[0]}; move what both "
@@ -373,19 +317,5 @@ def test_no_import_cycle_in_the_package() -> None:
 
 
 def test_named_layering_rules() -> None:
-    used: set[tuple[str, ...]] = set()
-    errors = [
-        f"{_where(imp)}: {message}"
-        for imp, message, target in _rule_breaks()
-        if not _allowed(("rule", imp.importer, target), used)
-    ]
+    errors = [f"{_where(imp)}: {message}" for imp, message, _target in _rule_breaks()]
     assert not errors, "\n".join(errors)
-
-
-def test_allow_list_has_no_stale_entries() -> None:
-    """An entry nothing matches any more is deleted, so the allow-list only ever shrinks."""
-    stale = sorted(KNOWN_UNTIL_EXPORT_REFACTOR - _used_keys())
-    assert not stale, (
-        "delete these entries of KNOWN_UNTIL_EXPORT_REFACTOR in tests/test_layering.py: "
-        "the source no longer does it\n" + "\n".join(map(repr, stale))
-    )

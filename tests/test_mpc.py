@@ -138,7 +138,7 @@ def test_horizon_graph_scores_exactly_like_stepping_the_exported_model(tmp_path:
     from test_dynamics import linear_dataset
 
     from offrl_robot.algos.dynamics import fit_dynamics
-    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.export.dynamics import export_dynamics
     from offrl_robot.mpc import MPCController
     from offrl_robot.train import TrainConfig
 
@@ -199,7 +199,7 @@ def validated_mpc_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     keeps the gate's verdict, as a deployed model's would."""
     from offrl_robot.algos.dynamics import fit_dynamics
     from offrl_robot.data.collect import collect
-    from offrl_robot.export_dynamics import export_dynamics
+    from offrl_robot.export.dynamics import export_dynamics
     from offrl_robot.sim.validate import validate_model
     from offrl_robot.train import TrainConfig
 

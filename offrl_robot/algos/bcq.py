@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -98,6 +99,40 @@ class BCQExportPolicy(nn.Module):
         candidates = candidates.view(batch, n, -1)
         index = best.view(batch, 1, 1).expand(batch, 1, candidates.shape[-1])
         return candidates.gather(1, index).squeeze(1)
+
+    def argmax_tie_rows(
+        self, run_forward: Callable[[], object], onnx_unit: np.ndarray, tolerance: float
+    ) -> np.ndarray:
+        """Rows where another runtime legitimately picked another candidate (the export parity hook).
+
+        We choose the best of N candidate actions by Q1. When two candidates' Q values differ by
+        less than the float32 rounding difference of two GEMM implementations, torch and
+        onnxruntime may pick different (both correct) candidates: a large action difference that
+        is no export bug (about 1 row in 50,000 for a BCQ trained 500 steps). A row counts as such
+        a tie only if the ONNX action `onnx_unit` [rows, A] (in [-1, 1] units) equals, within
+        `tolerance`, a torch candidate whose Q is within a relative 1e-4 of torch's best.
+        `run_forward` runs the exported module (which calls this policy once) on those rows.
+        Returns a bool mask over the rows.
+        """
+        captured: dict[str, Tensor] = {}
+
+        def keep_q_inputs(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            captured["inputs"], captured["q"] = inputs[0], output
+
+        handle = self.q1.register_forward_hook(keep_q_inputs)
+        try:
+            with torch.no_grad():
+                run_forward()
+        finally:
+            handle.remove()
+        rows, action_dim = onnx_unit.shape
+        num_candidates = self.latents.shape[0]
+        q = captured["q"].reshape(rows, num_candidates).numpy().astype(np.float64)
+        candidates = captured["inputs"][:, -action_dim:].reshape(rows, num_candidates, action_dim).numpy()
+        best = q.max(axis=1, keepdims=True)
+        near_best = q >= best - 1e-4 * (1.0 + np.abs(best))
+        matches = np.abs(candidates - onnx_unit[:, None, :]).max(axis=2) <= tolerance
+        return (near_best & matches).any(axis=1)
 
 
 @register

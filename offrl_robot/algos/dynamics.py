@@ -38,7 +38,17 @@ import yaml
 from torch import Tensor, nn
 
 from offrl_robot import __version__
-from offrl_robot.atomic import atomic_write_bytes, atomic_write_text
+from offrl_robot.atomic import atomic_write_text
+
+# The Trainer's checkpoint pieces: one normaliser floor, one run-dir naming, one checkpoint layout.
+from offrl_robot.checkpoint import (
+    CHECKPOINT_FORMAT,
+    OBS_STD_FLOOR,
+    default_run_dir,
+    list_checkpoints,
+    plain,
+    write_checkpoint,
+)
 from offrl_robot.data.dataset import Dataset
 from offrl_robot.errors import ConfigError
 from offrl_robot.nets import EnsembleMLP
@@ -193,6 +203,37 @@ class DynamicsEnsemble(nn.Module):
         next_obs = obs.unsqueeze(0) + target[..., : self.observation_dim]
         return next_obs, target[..., self.observation_dim]
 
+    def module_for_export(self) -> PhysicalUnitsDynamics:
+        """The inference module the exporter turns into the planner's graph (and checks against)."""
+        return PhysicalUnitsDynamics(self).eval()
+
+
+class PhysicalUnitsDynamics(nn.Module):
+    """What a dynamics model exports, batched over planner candidates (every member sees every row):
+
+        observation [N, O], action [N, A]   float32, physical units
+          -> normalise inside the graph -> K members as one batched matmul
+          -> member_next_observation [K, N, O], member_reward [K, N]   (physical units)
+          -> next_observation [N, O], reward [N]                        (ensemble means)
+          -> disagreement [N] = max_k || (member_k - mean) / obs_std ||  (the pessimism signal)
+
+    The disagreement is computed in the graph because the planner needs it for every candidate
+    at every step, and in normalised units (radians and rad/s must not be summed raw).
+    Output order: `offrl_robot.card.DYNAMICS_OUTPUTS`.
+    """
+
+    def __init__(self, model: DynamicsEnsemble) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        member_next, member_reward = self.model.predict(observation, action)
+        next_obs = member_next.mean(dim=0)
+        reward = member_reward.mean(dim=0)
+        spread = (member_next - next_obs.unsqueeze(0)) / self.model.obs_std
+        disagreement = spread.square().sum(dim=-1).sqrt().amax(dim=0)
+        return next_obs, reward, disagreement, member_next, member_reward
+
 
 # ---------------------------------------------------------------------------------- fitting
 @dataclass
@@ -243,7 +284,7 @@ def fit_dynamics(
     must hold one seed (it seeds the init, the split and the batches: same seed, same weights on
     the same CPU build), `batch_size` is per member. Each member draws its own batches.
     """
-    from offrl_robot.train import load_dataset_by_name
+    from offrl_robot.train_config import load_dataset_by_name, resolve_device
 
     config.validate()
     if len(config.seeds) != 1:
@@ -262,8 +303,6 @@ def fit_dynamics(
         raise ConfigError(
             f"dataset {dataset_name!r} has {len(dataset)} transitions; dynamics needs at least 20"
         )
-    from offrl_robot.train import resolve_device
-
     device = resolve_device(config.device)
     threads_before = torch.get_num_threads()
     if config.threads:
@@ -285,11 +324,6 @@ def _fit(
     write: bool,
     device: torch.device,
 ) -> FitResult:
-    # The Trainer's helpers: one normaliser floor, one run-dir naming, one checkpoint layout.
-    from offrl_robot.train import CHECKPOINT_FORMAT, OBS_STD_FLOOR, checkpoint_dir, list_checkpoints
-    from offrl_robot.train import _plain as plain
-    from offrl_robot.train import _slug as slug
-
     wall_start = time.perf_counter()
     obs = dataset.observations.astype(np.float64)
     obs_mean = obs.mean(axis=0).astype(np.float32)
@@ -393,9 +427,7 @@ def _fit(
     if not write:
         return FitResult(model=model, summary=summary, checkpoint=None)
     folder = (
-        Path(run_dir)
-        if run_dir is not None
-        else Path(config.log_dir) / f"{slug(ALGORITHM_NAME)}_{slug(dataset_name)}"
+        Path(run_dir) if run_dir is not None else default_run_dir(config.log_dir, ALGORITHM_NAME, dataset_name)
     )
     if list_checkpoints(folder):
         raise ConfigError(
@@ -430,10 +462,7 @@ def _fit(
         "algo_state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         "summary": plain(summary),
     }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    path = checkpoint_dir(folder) / f"step_{step:08d}.pt"
-    atomic_write_bytes(path, buffer.getvalue())
+    path = write_checkpoint(folder, step, state)
     atomic_write_text(folder / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))

@@ -17,7 +17,7 @@ The algorithm of the paper (its Algorithm 2, MBPO-style), step by step, and what
   with terminal = 1 (no bootstrap); nothing is rolled out from the state after it.
 - **Penalty** u: max over ALL members of the distance of a member's mean next state from the
   ensemble mean, in observation-std units (the reference code's `penalty_learned_var=False`
-  form and the same signal the MPC planner penalises, `offrl_robot.export_dynamics`). The
+  form and the same signal the MPC planner penalises, `offrl_robot.export.dynamics`). The
   paper's headline form, max_i ||Sigma_i(s, a)||_F of the learned std, is `uncertainty:
   aleatoric` (here the norm of each member's std of s' - s in observation-std units).
 - **Policy**: SAC (our CQL with conservative weight 0) with the soft backup
@@ -238,8 +238,7 @@ class MOPO(CQL):
 
     def _load_checkpoint_model(self, path: str) -> tuple[DynamicsEnsemble, dict[str, Any]]:
         from offrl_robot.algos.dynamics import load_dynamics
-        from offrl_robot.export import resolve_checkpoint
-        from offrl_robot.train import load_checkpoint
+        from offrl_robot.checkpoint import load_checkpoint, resolve_checkpoint
 
         state = load_checkpoint(resolve_checkpoint(path))
         if state.get("algo") != "dynamics":
@@ -280,7 +279,7 @@ class MOPO(CQL):
                 )
             return
         from offrl_robot.algos.dynamics import fit_dynamics
-        from offrl_robot.train import TrainConfig
+        from offrl_robot.train_config import TrainConfig
 
         device = self.model_obs.device
         self.dynamics_fit = []

@@ -43,11 +43,10 @@ import yaml
 from offrl_robot.atomic import atomic_dir, atomic_write_bytes
 from offrl_robot.card import ValidationRecord
 from offrl_robot.safety import COUNTER_NAMES, Intervention, intervention_names
+from offrl_robot.sim.results import EpisodeTrace, ValidationResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from offrl_robot.sim.validate import EpisodeTrace, ValidationResult
 
 VIDEO_NAME = "episodes.gif"
 VIDEO_SIZE = (320, 240)  # width, height

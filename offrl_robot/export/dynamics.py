@@ -1,76 +1,61 @@
 """A dynamics-ensemble checkpoint -> one ONNX model + card that the MPC controller plans with.
 
-The graph, batched over planner candidates (every member sees every row):
+The graph is the ensemble's own inference module (`DynamicsEnsemble.module_for_export`, see
+`offrl_robot.algos.dynamics.PhysicalUnitsDynamics`), batched over planner candidates:
 
     observation [N, O], action [N, A]   float32, physical units
-      -> normalise (observation mean/std, actions to [-1, 1]) inside the graph
-      -> K members as one batched matmul -> per-member Gaussian means
-      -> member_next_observation [K, N, O], member_reward [K, N]   (physical units)
-      -> next_observation [N, O], reward [N]                        (ensemble means)
-      -> disagreement [N] = max_k || (member_k - mean) / obs_std ||  (the pessimism signal)
+      -> next_observation [N, O], reward [N], disagreement [N],
+         member_next_observation [K, N, O], member_reward [K, N]   (physical units)
 
-Why the disagreement is computed in the graph: the planner needs it for every candidate at
-every step, and in normalised units (radians and rad/s must not be summed raw); inside the
-graph it costs a few element-wise ops instead of a [K, N, O] round trip through numpy.
-
-Same guarantees as `offrl_robot.export` (whose helpers this reuses): torch vs onnxruntime
-parity on >= 1,000 dataset rows and in-range draws before anything is written, metadata via
-`card.py`, the card's sha256 over the bytes, model + card written together atomically. The
-card's `training.mpc` holds the planner settings the checkpoint's `algo_config.mpc` asked for,
-so the validation gate runs, and records its verdict for, the same planner that deploys.
+Same guarantees as the policy export (both use `offrl_robot.export.common`): torch vs
+onnxruntime parity on >= 1,000 dataset rows and in-range draws before anything is written,
+metadata via `card.py`, the card's sha256 over the bytes, model + card written together
+atomically. The card's `training.mpc` holds the planner settings the checkpoint's
+`algo_config.mpc` asked for, so the validation gate runs, and records its verdict for, the same
+planner that deploys.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
-from offrl_robot.algos.dynamics import ALGORITHM_NAME, DynamicsEnsemble, load_dynamics
-from offrl_robot.card import ModelCard, bytes_sha256, card_path_for, plain, write_metadata_props
+from offrl_robot.algos.dynamics import ALGORITHM_NAME, PhysicalUnitsDynamics, load_dynamics
+from offrl_robot.card import (
+    DYNAMICS_INPUTS,
+    DYNAMICS_OUTPUTS,
+    ModelCard,
+    bytes_sha256,
+    card_path_for,
+    plain,
+    write_metadata_props,
+)
 from offrl_robot.errors import ConfigError, ModelError
-from offrl_robot.export import (
+from offrl_robot.export.common import (
     DEFAULT_OPSET,
     MIN_PARITY_SAMPLES,
     ExportResult,
     ParityReport,
-    _parity_dataset_observations,
-    _quiet_exporter,
-    _strip_debug_metadata,
     metadata_for,
+    parity_dataset_observations,
     parity_observations,
     read_checkpoint,
     run_in_onnxruntime,
+    torch_to_onnx,
     training_summary,
     write_model_and_card,
 )
 
-ACTION_INPUT = "action"
-OBSERVATION_INPUT = "observation"
-OUTPUTS = ("next_observation", "reward", "disagreement", "member_next_observation", "member_reward")
+OBSERVATION_INPUT, ACTION_INPUT = DYNAMICS_INPUTS
+OUTPUTS = DYNAMICS_OUTPUTS
 # Max |torch - onnxruntime| of next observations in units of the observation std (and of the
 # reward in units of its std): float32 GEMMs of two libraries agree to ~1e-6 here.
 DYNAMICS_PARITY_TOLERANCE = 1e-4
-
-
-class PhysicalUnitsDynamics(nn.Module):
-    """The exported computation (see the module docstring); also the parity reference."""
-
-    def __init__(self, model: DynamicsEnsemble) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, observation: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        member_next, member_reward = self.model.predict(observation, action)
-        next_obs = member_next.mean(dim=0)
-        reward = member_reward.mean(dim=0)
-        spread = (member_next - next_obs.unsqueeze(0)) / self.model.obs_std
-        disagreement = spread.square().sum(dim=-1).sqrt().amax(dim=0)
-        return next_obs, reward, disagreement, member_next, member_reward
 
 
 def dynamics_to_onnx(module: PhysicalUnitsDynamics, opset: int = DEFAULT_OPSET) -> Any:
@@ -82,26 +67,9 @@ def dynamics_to_onnx(module: PhysicalUnitsDynamics, opset: int = DEFAULT_OPSET) 
         torch.zeros(4, model.observation_dim, dtype=torch.float32),
         torch.zeros(4, model.action_dim, dtype=torch.float32),
     )
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                module,
-                example,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                input_names=[OBSERVATION_INPUT, ACTION_INPUT],
-                output_names=list(OUTPUTS),
-                dynamic_shapes={"observation": {0: batch}, "action": {0: batch}},
-                opset_version=int(opset),
-                optimize=True,
-            )
-    except Exception as err:  # the exporter raises many types; the first line is the useful part
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"ONNX export of the dynamics ensemble (opset {opset}) failed: {first}") from err
-    proto = program.model_proto
-    _strip_debug_metadata(proto)
+    proto = torch_to_onnx(
+        module, example, [OBSERVATION_INPUT, ACTION_INPUT], list(OUTPUTS), opset, "the dynamics ensemble"
+    )
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -197,9 +165,9 @@ def export_dynamics(
     except (ConfigError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0]
         raise ModelError(f"checkpoint {facts.path}: cannot rebuild the dynamics ensemble ({first})") from None
-    module = PhysicalUnitsDynamics(model).eval()
+    module = model.module_for_export()
     observations, from_dataset = parity_observations(
-        facts, _parity_dataset_observations(facts, dataset), parity_samples, seed=parity_seed
+        facts, parity_dataset_observations(facts, dataset), parity_samples, seed=parity_seed
     )
     rng = np.random.default_rng([parity_seed, 1])
     actions = rng.uniform(facts.action_low, facts.action_high, size=(len(observations), facts.action_dim))
@@ -243,8 +211,6 @@ def _card_bytes_checked_by_controller(
 ) -> bytes:
     """Open model + card with MPCController (every check a robot runs) in a scratch folder and
     plan once; return the card's bytes. The target folder is not touched."""
-    import tempfile
-
     from offrl_robot.mpc import MPCController
 
     with tempfile.TemporaryDirectory(prefix="offrl-export-") as scratch:
