@@ -207,7 +207,7 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(
         edit(files)
     root = tmp_path / "datasets"
     args = [*offrl_cli(), "collect", "--policy", str(files.onnx_path), "--episodes", "1"]
-    result = run_child.run([*args, "--out", "t/x-v0", "--root", str(root)], timeout=120)
+    result = run_child.run([*args, "--out", "tt/x-v0", "--root", str(root)], timeout=120)
     lines = result.stdout.strip().splitlines()
     assert result.returncode == 2, result.stdout
     assert len(lines) == 1 and lines[0].startswith("offrl-robot collect: error: "), result.stdout
