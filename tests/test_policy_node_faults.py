@@ -88,7 +88,7 @@ def test_estop_latch_survives_lifecycle_cycle_and_restart(ros_env, run_child, p_
         after = probe.cmds_since(restarted)
         assert after and all(is_zero(c.data) for c in after), child_output(policy)
         # only ~/reset_estop releases it
-        response = probe.trigger("/policy_node/reset_estop")
+        response = probe.trigger("/policy_node/reset_estop", idempotent=True)
         assert response is not None and response.success, response
         wait_commanding(probe, policy, timeout=5.0)
         assert policy.poll() is None
@@ -110,7 +110,7 @@ def test_estop_before_start_and_from_any_publisher_qos_is_heard(
         drive(probe, 0.4, position=OFF_TARGET)
         assert all(is_zero(c.data) for c in probe.cmds_since(start)), "transient-local e-stop missed"
         button.publish(Bool(data=False))
-        assert probe.trigger("/policy_node/reset_estop").success
+        assert probe.trigger("/policy_node/reset_estop", idempotent=True).success
         wait_commanding(probe, policy, timeout=5.0)
         # a best-effort publisher (another vendor's e-stop box) is heard too
         best_effort = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT)
@@ -145,7 +145,7 @@ def test_estop_heartbeat_loss_latches(ros_env, run_child, p_controller: Path) ->
         start = time.monotonic()
         beat_and_drive(0.5)
         assert all(is_zero(c.data) for c in probe.cmds_since(start)), "latched until reset, beats or not"
-        assert probe.trigger("/policy_node/reset_estop").success  # the source is up now
+        assert probe.trigger("/policy_node/reset_estop", idempotent=True).success  # the source is up now
         beat_and_drive(0.6)
         assert probe.cmds and not is_zero(probe.cmds[-1].data), child_output(policy)
         silent = time.monotonic()  # the e-stop source dies (no more heartbeats)
@@ -410,7 +410,7 @@ def test_slow_model_gives_the_safe_action_and_cannot_delay_the_estop(
         # the e-stop is served by its own thread: latched within milliseconds, not after the inference
         delays = []
         for _ in range(3):
-            assert probe.trigger("/policy_node/reset_estop").success
+            assert probe.trigger("/policy_node/reset_estop", idempotent=True).success
             probe.spin_for(0.2)
             pressed = time.monotonic()
             probe.publish_estop(True)

@@ -168,7 +168,7 @@ def test_estop_latches_until_reset(ros_env, run_child, p_controller: Path) -> No
         released = time.monotonic()
         drive(probe, 0.4, position=OFF_TARGET)
         assert all(is_zero(c.data) for c in probe.cmds_since(released))
-        response = probe.trigger("/policy_node/reset_estop")
+        response = probe.trigger("/policy_node/reset_estop", idempotent=True)
         assert response is not None and response.success, response
         reset = time.monotonic()
         drive(probe, 0.4, position=OFF_TARGET)

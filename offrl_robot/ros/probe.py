@@ -195,8 +195,11 @@ class RosProbe:
         response = self.call(SetParameters, f"/{node}/set_parameters", request, timeout)
         return None if response is None else list(response.results)
 
-    def trigger(self, name: str, timeout: float = 10.0) -> Any:
-        return self.call(Trigger, name, Trigger.Request(), timeout)
+    def trigger(self, name: str, timeout: float = 10.0, idempotent: bool = False) -> Any:
+        """Call a std_srvs/Trigger service. Sent once unless the caller says calling it twice is
+        harmless (`~/reset_estop` is; `/sim_node/reset` is not: a second call starts another
+        episode), because a re-sent request whose first answer was only lost runs twice."""
+        return self.call(Trigger, name, Trigger.Request(), timeout, idempotent=idempotent)
 
     def lifecycle(self, node: str, transition: str, timeout: float = 15.0) -> bool | None:
         """Request a standard lifecycle transition via `/<node>/change_state`; the service's success flag.
