@@ -33,6 +33,10 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("AMENT_PREFIX_PATH", str(Path(sys.prefix)))
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Inductor compiles (tests/test_accel.py) in one process, not a pool of one per core: on 2 cores
+# such a pool competes with the other xdist worker's timing-sensitive ROS tests (one run saw a 1 s
+# gap in /cmd from a 50 Hz watchdog; the cause is suspected, not proven).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 # An explicit OFFRL_TEST_DOMAIN_BASE pins the range (parallel runs on one machine get disjoint
 # ranges); pytest-xdist workers get disjoint ranges by worker number; otherwise the pid spreads
