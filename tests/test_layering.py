@@ -225,32 +225,33 @@ def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
+# (importer, module prefixes it must not import, the rule with its fix)
+LAYERING_RULES: list[tuple[str, tuple[str, ...], str]] = [
+    (
+        "offrl_robot.data.rosbag_ingest",
+        ("offrl_robot.scale",),
+        "ingestion must not depend on the Ray scale-out: scale/ calls the per-bag step "
+        "(ingest_bag, merge_bag_parts); the `ingest` command (data/ingest_cli.py) picks the path",
+    ),
+    (
+        "offrl_robot.mpc",
+        ("offrl_robot.train", "offrl_robot.algos", "offrl_robot.export"),
+        "the MPC runtime serves an exported ONNX model: move what it needs into a lower module "
+        "(card, runtime, checkpoint) instead of importing training or the exporters",
+    ),
+    (
+        "offrl_robot.checkpoint",
+        ("offrl_robot.algos", "offrl_robot.train"),
+        "reading a checkpoint must not load the algorithms or the trainer: keep the format in checkpoint.py",
+    ),
+]
+
+
 def _rule_breaks() -> list[tuple[Import, str, str]]:
     """(import, the rule with its fix, imported module) for each named layering rule broken."""
     modules = package_modules()
-    rules: list[tuple[str, tuple[str, ...], str]] = [
-        (
-            "offrl_robot.data.rosbag_ingest",
-            ("offrl_robot.scale",),
-            "ingestion must not depend on the Ray scale-out: scale/ calls the per-bag step "
-            "(ingest_bag, merge_bag_parts); the `ingest` command (data/ingest_cli.py) picks the path",
-        ),
-        (
-            "offrl_robot.mpc",
-            ("offrl_robot.train", "offrl_robot.algos", "offrl_robot.export", "offrl_robot.export_dynamics"),
-            "the MPC runtime serves an exported ONNX model: move what it needs into a lower module "
-            "(card, runtime, checkpoint) instead of importing training or the exporters",
-        ),
-        (
-            "offrl_robot.checkpoint",
-            ("offrl_robot.algos", "offrl_robot.train"),
-            "reading a checkpoint must not load the algorithms or the trainer: keep the format in checkpoint.py",
-        ),
-    ]
     found = []
-    for importer, banned, fix in rules:
-        if importer not in modules:  # the rule waits for the module (e.g. checkpoint.py)
-            continue
+    for importer, banned, fix in LAYERING_RULES:
         for imp in package_imports():
             if imp.importer != importer:
                 continue
@@ -317,5 +318,8 @@ def test_no_import_cycle_in_the_package() -> None:
 
 
 def test_named_layering_rules() -> None:
+    # a renamed or moved module would otherwise leave its rule checking nothing
+    missing = [importer for importer, _, _ in LAYERING_RULES if importer not in package_modules()]
+    assert not missing, f"layering rules name modules that do not exist: {missing}; update LAYERING_RULES"
     errors = [f"{_where(imp)}: {message}" for imp, message, _target in _rule_breaks()]
     assert not errors, "\n".join(errors)
